@@ -1,0 +1,171 @@
+"""Adapter files: safetensors weights plus metadata that says what they are.
+
+The metadata names the format, the LoRA config, the adapted modules, the base
+model (config name and an architecture fingerprint) and the versions that wrote
+it, so an adapter describes itself, cannot be taken for a full SAM3 checkpoint,
+and is refused with a clear reason by a model it does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sam3_lora.lora.config import LoraConfig
+from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, inject_lora
+
+FORMAT = "sam3_lora.adapter"
+FORMAT_VERSION = "1"
+
+
+class AdapterError(ValueError):
+    """An adapter file that is unreadable, not an adapter, or does not fit the model."""
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class AdapterInfo:
+    """The metadata block of an adapter file."""
+
+    config: LoraConfig
+    targets: Dict[str, list]
+    modules_to_save: list
+    base_model: str
+    base_fingerprint: str
+    versions: Dict[str, str]
+
+    def to_metadata(self) -> Dict[str, str]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lora_config": json.dumps(self.config.to_dict()),
+            "targets": json.dumps(self.targets),
+            "modules_to_save": json.dumps(self.modules_to_save),
+            "base_model": self.base_model,
+            "base_fingerprint": self.base_fingerprint,
+            "versions": json.dumps(self.versions),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Optional[Dict[str, str]], path) -> "AdapterInfo":
+        if not meta or meta.get("format") != FORMAT:
+            raise AdapterError(
+                f"{path} is not a sam3_lora adapter (no '{FORMAT}' metadata). A SAM3 checkpoint goes in "
+                "model.checkpoint_path; a PEFT adapter directory is not loaded here."
+            )
+        try:
+            return cls(
+                config=LoraConfig.from_dict(json.loads(meta["lora_config"])),
+                targets=json.loads(meta["targets"]),
+                modules_to_save=json.loads(meta.get("modules_to_save", "[]")),
+                base_model=meta.get("base_model", "unknown"),
+                base_fingerprint=meta["base_fingerprint"],
+                versions=json.loads(meta.get("versions", "{}")),
+            )
+        except (KeyError, json.JSONDecodeError) as e:
+            raise AdapterError(f"{path}: adapter metadata is incomplete or corrupt ({e!r})") from e
+
+
+def save_adapter(model: nn.Module, path, base_model: str) -> Path:
+    """Write the model's adapter atomically (temp file + rename): a crash never leaves half a file."""
+    report = model.lora_report
+    info = AdapterInfo(
+        config=report.config,
+        targets=report.targets,
+        modules_to_save=list(report.modules_to_save),
+        base_model=base_model,
+        base_fingerprint=report.base_fingerprint,
+        versions={p: _version(p) for p in ("sam3_lora", "sam3", "torch")},
+    )
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=info.to_metadata())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
+    """Read an adapter file; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"adapter file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        info = AdapterInfo.from_metadata(meta, path)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(
+            f"{path} is not a readable safetensors adapter ({e}); if it was being written when a run stopped, "
+            "use the previous checkpoint"
+        ) from e
+    return info, tensors
+
+
+def load_adapter(model: nn.Module, path) -> AdapterInfo:
+    """Inject the adapter's LoRA layout into ``model`` (if not already there) and load its weights.
+
+    Refuses, naming the mismatch, an adapter made for another architecture, another
+    rank or target set, or with tensors of the wrong shape.
+    """
+    info, tensors = read_adapter(path)
+    current = base_fingerprint(model)
+    if info.base_fingerprint != current:
+        raise AdapterError(
+            f"{path} was trained on base model '{info.base_model}' (architecture {info.base_fingerprint}); "
+            f"this model's architecture is {current}. Load it onto the model it was made for "
+            f"(model={info.base_model})."
+        )
+    report = getattr(model, "lora_report", None)
+    if report is None:
+        report = inject_lora(model, info.config)
+    if report.config.to_dict() != info.config.to_dict() or report.targets != info.targets:
+        diff = {
+            k: (v, report.config.to_dict().get(k))
+            for k, v in info.config.to_dict().items()
+            if report.config.to_dict().get(k) != v
+        }
+        raise AdapterError(
+            f"{path} does not fit this model's LoRA layout: adapter vs model "
+            + (", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items()) or "target modules differ")
+            + ". Build the model without injecting LoRA and let load_adapter inject the adapter's own layout."
+        )
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(f"{path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+    for name, value in tensors.items():
+        if value.shape != expected[name].shape:
+            raise AdapterError(
+                f"{path}: tensor {name} has shape {tuple(value.shape)}, the model expects {tuple(expected[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            expected[name].copy_(value)
+    return info

@@ -1,0 +1,139 @@
+"""Put LoRA layers into a model, freeze the rest, and report what happened."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+from torch import nn
+
+from sam3_lora.lora.config import PARTS, LoraConfig
+from sam3_lora.lora.layers import LoraDelta, LoraLinear, LoraMultiheadAttention
+from sam3_lora.lora.targets import TargetPlan, part_of, plan_targets
+
+LORA_LAYERS = (LoraLinear, LoraMultiheadAttention)
+
+
+@dataclass
+class InjectionReport:
+    config: LoraConfig
+    base_fingerprint: str
+    # module name -> adapted slices, e.g. {"...attn.qkv": ["q", "v"], "...linear1": ["full"]}
+    targets: Dict[str, List[str]] = field(default_factory=dict)
+    modules_to_save: Tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        by_part: Dict[str, int] = {}
+        for name in self.targets:
+            by_part[part_of(name) or "other"] = by_part.get(part_of(name) or "other", 0) + 1
+        parts = ", ".join(f"{p}: {n}" for p, n in by_part.items())
+        return f"LoRA r={self.config.rank} alpha={self.config.alpha} on {len(self.targets)} modules ({parts})"
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A hash of the base architecture: every base parameter's name and shape.
+
+    Names are taken as in the stock model (LoRA wrappers' ``base_layer.`` removed),
+    so the fingerprint is the same before and after injection.
+    """
+    h = hashlib.sha256()
+    for name, shape in sorted(_base_shapes(model).items()):
+        h.update(f"{name}:{tuple(shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def stock_name(name: str) -> str:
+    """A parameter's name in the stock (un-injected) model."""
+    return name.replace(".base_layer.", ".").replace("base_layer.", "")
+
+
+def _base_shapes(model: nn.Module) -> Dict[str, torch.Size]:
+    lora_ids = {id(p) for p in lora_parameters(model)}
+    return {stock_name(n): p.shape for n, p in model.named_parameters() if id(p) not in lora_ids}
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def inject_lora(model: nn.Module, config: LoraConfig) -> InjectionReport:
+    """Wrap the planned modules with LoRA layers and freeze everything else.
+
+    Load base weights before calling this: injection moves base parameters under
+    ``base_layer.``. The report is also kept on the model as ``model.lora_report``.
+    """
+    if getattr(model, "lora_report", None) is not None:
+        raise RuntimeError("this model already has LoRA injected; build a fresh model to inject another adapter")
+    fingerprint = base_fingerprint(model)
+    plan: TargetPlan = plan_targets(model, config)
+    kw = dict(rank=config.rank, alpha=config.alpha, dropout=config.dropout, use_rslora=config.use_rslora)
+    report = InjectionReport(config=config, base_fingerprint=fingerprint, modules_to_save=plan.modules_to_save)
+    for name, slices in plan.linear.items():
+        base = model.get_submodule(name)
+        _swap(model, name, LoraLinear(base, slices, **kw).to(base.weight.device))
+        report.targets[name] = list(slices)
+    for name, roles in plan.attention.items():
+        base = model.get_submodule(name)
+        _swap(model, name, LoraMultiheadAttention(base, roles, **kw).to(base.in_proj_weight.device))
+        report.targets[name] = list(roles)
+
+    model.requires_grad_(False)
+    for p in lora_parameters(model):
+        p.requires_grad_(True)
+    for name in plan.modules_to_save:
+        model.get_submodule(name).requires_grad_(True)
+    model.lora_report = report
+    return report
+
+
+def lora_modules(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, LORA_LAYERS))
+
+
+def lora_parameters(model: nn.Module) -> List[nn.Parameter]:
+    return [p for m in model.modules() if isinstance(m, LoraDelta) for p in m.parameters()]
+
+
+def adapter_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """What an adapter file holds: LoRA A/B matrices and the modules_to_save weights."""
+    report: InjectionReport = model.lora_report
+    keep = {id(p) for p in lora_parameters(model)}
+    for name in report.modules_to_save:
+        keep |= {id(p) for p in model.get_submodule(name).parameters()}
+    return {n: p.detach() for n, p in model.named_parameters() if id(p) in keep}
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every update into its base weight (inference at the base model's speed)."""
+    for _, m in lora_modules(model):
+        m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for _, m in lora_modules(model):
+        m.unmerge()
+
+
+def parameter_summary(model: nn.Module) -> str:
+    """Trainable and total parameters per SAM3 part, as a small table."""
+    rows: Dict[str, List[int]] = {p: [0, 0] for p in [*PARTS, "other"]}
+    for name, p in model.named_parameters():
+        row = rows[part_of(name) or "other"]
+        row[0] += p.numel() if p.requires_grad else 0
+        row[1] += p.numel()
+    total_train = sum(r[0] for r in rows.values())
+    total = sum(r[1] for r in rows.values())
+    lines = [f"{'part':<14}{'trainable':>14}{'total':>16}{'%':>9}"]
+    for part, (t, n) in rows.items():
+        if n:
+            lines.append(f"{part:<14}{t:>14,}{n:>16,}{100 * t / n:>8.3f}%")
+    lines.append(f"{'all':<14}{total_train:>14,}{total:>16,}{100 * total_train / max(total, 1):>8.3f}%")
+    return "\n".join(lines)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

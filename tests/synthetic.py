@@ -1,0 +1,57 @@
+"""Small SAM3 batches built straight from sam3's Datapoint classes and collator.
+
+Each image holds one or two filled rectangles; the query "square" asks for them and
+the query "circle" is a negative (no target), as SAM3's hard negatives are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sam3.train.data.collator import collate_fn_api
+from sam3.train.data.sam3_image_dataset import (
+    Datapoint,
+    FindQueryLoaded,
+    Image,
+    InferenceMetadata,
+    Object,
+)
+
+
+def _metadata(image_id: int, category_id: int, size) -> InferenceMetadata:
+    return InferenceMetadata(
+        coco_image_id=image_id, original_image_id=image_id, original_category_id=category_id,
+        original_size=size, object_id=0, frame_index=0,
+    )
+
+
+def make_datapoint(img_size: int, generator: torch.Generator, image_id: int) -> Datapoint:
+    image = torch.randn(3, img_size, img_size, generator=generator) * 0.1
+    objects = []
+    for obj_id in range(int(torch.randint(1, 3, (1,), generator=generator))):
+        x0, y0 = (torch.randint(0, img_size // 2, (2,), generator=generator)).tolist()
+        w, h = (torch.randint(img_size // 6, img_size // 2, (2,), generator=generator)).tolist()
+        x1, y1 = min(x0 + w, img_size), min(y0 + h, img_size)
+        image[:, y0:y1, x0:x1] = 1.0
+        mask = torch.zeros(img_size, img_size, dtype=torch.bool)
+        mask[y0:y1, x0:x1] = True
+        box = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / img_size
+        objects.append(Object(bbox=box, area=float((x1 - x0) * (y1 - y0)), object_id=obj_id, segment=mask))
+    size = (img_size, img_size)
+    queries = [
+        FindQueryLoaded(
+            query_text="square", image_id=0, object_ids_output=list(range(len(objects))), is_exhaustive=True,
+            inference_metadata=_metadata(image_id, 1, size),
+        ),
+        FindQueryLoaded(
+            query_text="circle", image_id=0, object_ids_output=[], is_exhaustive=True,
+            inference_metadata=_metadata(image_id, 2, size),
+        ),
+    ]
+    return Datapoint(find_queries=queries, images=[Image(data=image, objects=objects, size=size)])
+
+
+def make_batch(img_size: int, batch_size: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    points = [make_datapoint(img_size, g, i) for i in range(batch_size)]
+    return collate_fn_api(points, dict_key="all", with_seg_masks=True)["all"]
