@@ -17,10 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam3_lora.lora import LoraConfigError, inject_lora, parameter_summary, save_adapter
+from sam3_lora.lora import AdapterError, LoraConfigError, inject_lora, parameter_summary, save_adapter
 from sam3_lora.models import CheckpointNotFoundError
 
 log = logging.getLogger("sam3_lora.train")
+
+# Errors in the user's config or files: reported as one clear message, exit code 2.
+USER_ERRORS = (CheckpointNotFoundError, LoraConfigError, AdapterError)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -46,9 +49,22 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run(cfg, run_dir)
-    except (CheckpointNotFoundError, LoraConfigError) as e:
-        log.error("%s", e)
+    except Exception as e:  # noqa: BLE001 - user errors are reported without a traceback
+        cause = _user_error(e)
+        if cause is None:
+            raise
+        log.error("%s", cause)
         sys.exit(2)
+
+
+def _user_error(e: BaseException):
+    """The configuration or input error behind ``e`` (Hydra wraps errors raised while
+    instantiating), or None for a genuine bug that deserves its traceback."""
+    while e is not None:
+        if isinstance(e, USER_ERRORS):
+            return e
+        e = e.__cause__
+    return None
 
 
 if __name__ == "__main__":

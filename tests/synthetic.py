@@ -1,4 +1,5 @@
-"""Small SAM3 batches built straight from sam3's Datapoint classes and collator.
+"""Synthetic inputs for tests: SAM3 batches from sam3's Datapoint classes and collator,
+and non-zero LoRA weights.
 
 Each image holds one or two filled rectangles; the query "square" asks for them and
 the query "circle" is a negative (no target), as SAM3's hard negatives are.
@@ -7,6 +8,7 @@ the query "circle" is a negative (no target), as SAM3's hard negatives are.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from sam3.train.data.collator import collate_fn_api
 from sam3.train.data.sam3_image_dataset import (
@@ -16,6 +18,7 @@ from sam3.train.data.sam3_image_dataset import (
     InferenceMetadata,
     Object,
 )
+from sam3_lora.lora import LoraDelta
 
 
 def _metadata(image_id: int, category_id: int, size) -> InferenceMetadata:
@@ -55,3 +58,17 @@ def make_batch(img_size: int, batch_size: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     points = [make_datapoint(img_size, g, i) for i in range(batch_size)]
     return collate_fn_api(points, dict_key="all", with_seg_masks=True)["all"]
+
+
+def final_outputs(find_stages) -> dict:
+    """The last interactive step of the last stage of a SAM3Output (the model's answer)."""
+    return find_stages.output[-1][-1]
+
+
+def randomize_lora(module: nn.Module, seed: int = 0) -> None:
+    """Give every B a non-zero value so the update actually does something."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, LoraDelta):
+            with torch.no_grad():
+                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.1)

@@ -1,0 +1,63 @@
+"""The full-size SAM3 architecture (random weights): every preset fits and is counted,
+and sam3.pt-layout checkpoints load through sam3's own loader."""
+
+import copy
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from sam3_lora.lora import count_trainable, inject_lora
+from sam3_lora.models import CheckpointNotFoundError, build_model
+from sam3_lora.models.builders import load_base_checkpoint
+from sam3_lora.train import CONF_DIR
+
+# Trainable parameters measured on the 840M model, as recorded in the design brief.
+EXPECTED_M = {"minimal": 0.65, "balanced": 5.98, "full": 19.49}
+
+
+@pytest.fixture(scope="module")
+def full_sam3():
+    return build_model("sam3", random_init=True)
+
+
+def test_full_architecture_matches_stock_size(full_sam3):
+    assert sum(p.numel() for p in full_sam3.parameters()) == pytest.approx(840.5e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("preset", list(EXPECTED_M))
+def test_every_preset_fits_the_full_model(full_sam3, preset):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"lora={preset}"])
+    model = copy.deepcopy(full_sam3)
+    report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
+    assert count_trainable(model) / 1e6 == pytest.approx(EXPECTED_M[preset], abs=0.01)
+    assert len(report.targets) > 0
+    del model
+
+
+def test_missing_checkpoint_says_where_to_get_it(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match=r"(?s)huggingface.co/facebook/sam3.*model.checkpoint_path"):
+        build_model("sam3", checkpoint_path=str(tmp_path / "sam3.pt"))
+    with pytest.raises(CheckpointNotFoundError, match="No SAM3 checkpoint configured"):
+        build_model("sam3", checkpoint_path=None)
+
+
+def test_sam3_pt_layout_loads_through_sam3_loader(tmp_path, tiny_base_state):
+    """sam3.pt keeps the image model under 'detector.' (and the tracker under 'tracker.')."""
+    ckpt = {"model": {f"detector.{k}": v for k, v in tiny_base_state.items()}}
+    ckpt["model"]["tracker.some.weight"] = torch.zeros(1)
+    path = tmp_path / "sam3.pt"
+    torch.save(ckpt, path)
+    torch.manual_seed(123)
+    model = build_model("tiny")
+    assert not torch.equal(model.dot_prod_scoring.hs_proj.weight, tiny_base_state["dot_prod_scoring.hs_proj.weight"])
+    load_base_checkpoint(model, str(path))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, tiny_base_state[k], msg=k)
+
+
+def test_adapter_passed_as_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="lora.adapter_path"):
+        load_base_checkpoint(build_model("tiny"), str(tmp_path / "adapter.safetensors"))
