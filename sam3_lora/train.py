@@ -1,60 +1,210 @@
-"""``python -m sam3_lora.train``: compose the config, build SAM3, inject LoRA.
+"""``python -m sam3_lora.train``: fine-tune SAM3 with LoRA, as composed by Hydra.
 
-Hydra composes ``conf/train.yaml`` with the ``model`` and ``lora`` groups; the run
-directory (``outputs/<date>/<time>``) gets Hydra's saved config, the parameter table
-and the freshly initialised adapter.
+Steps: prepare and validate the data; build the model (base weights loaded); score
+the frozen base on the held-out split; inject LoRA; train with periodic evaluation
+and checkpoints; score the best adapter on the held-out split; print the comparison.
+Everything lands in the run directory (``outputs/<date>/<time>`` by default).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Optional
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam3_lora.lora import AdapterError, LoraConfigError, inject_lora, parameter_summary, save_adapter
-from sam3_lora.models import CheckpointNotFoundError
+from sam3_lora import checkpoint as ckpt
+from sam3_lora.checkpoint import CheckpointError
+from sam3_lora.data import toy
+from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.data.validate import DataValidationError, validate_and_clean
+from sam3_lora.loggers import build_loggers
+from sam3_lora.lora import AdapterError, LoraConfigError, count_trainable, inject_lora, parameter_summary, save_adapter
+from sam3_lora.loss import build_sam3_loss
+from sam3_lora.models import BaseCheckpointError
+from sam3_lora.models.builders import resolve_checkpoint
+from sam3_lora.trainer import Evaluator, NonFiniteLossError, Trainer, TrainerConfig, resolve_device
 
 log = logging.getLogger("sam3_lora.train")
-
-# Errors in the user's config or files: reported as one clear message, exit code 2.
-USER_ERRORS = (CheckpointNotFoundError, LoraConfigError, AdapterError)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    torch.manual_seed(cfg.seed)
+
+@dataclass
+class Splits:
+    train: Split
+    valid: Optional[Split]
+    test: Optional[Split]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_data(cfg: DictConfig, run_dir: Path) -> Splits:
+    """Generate toy data if asked, then validate each split (cleaned copies go to the run dir)."""
+    if cfg.get("generate"):
+        g = cfg.generate
+        toy.ensure(cfg.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
+    out: Dict[str, Optional[Split]] = {}
+    for name in ("train", "valid", "test"):
+        spec = cfg.get(name)
+        if spec is None or (name != "train" and not Path(spec.ann_file).is_file()):
+            out[name] = None
+            continue
+        ann_file, report = validate_and_clean(spec.ann_file, spec.img_folder, run_dir / "data", name,
+                                              check_images=cfg.validate.check_images)
+        log.info("data %s", report.summary())
+        out[name] = Split(ann_file=ann_file, img_folder=spec.img_folder)
+    return Splits(**out)
+
+
+class PreflightError(ValueError):
+    """Things missing before any work starts (all listed at once)."""
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Check the checkpoint and the data exist before building anything heavy."""
+    problems = []
+    if cfg.model.name == "sam3" and not cfg.model.get("random_init"):
+        try:
+            resolve_checkpoint(cfg.model.checkpoint_path, cfg.model.load_from_hub)
+        except BaseCheckpointError as e:
+            problems.append(str(e))
+    train = Path(cfg.dataset.train.ann_file)
+    if not cfg.dataset.get("generate") and not train.is_file():
+        problems.append(
+            f"No training data at '{train}'.\n  Put a COCO export in Roboflow's layout at {cfg.dataset.root}/"
+            "{train,valid,test}/_annotations.coco.json (images beside each file), or set dataset.root=/path/to/export "
+            "(or dataset.train.ann_file / dataset.train.img_folder); dataset=toy trains on generated shapes."
+        )
+    if problems:
+        raise PreflightError("cannot start:\n- " + "\n- ".join(problems))
+
+
+# Errors in the user's config or files: reported as one clear message, exit code 2.
+USER_ERRORS = (PreflightError, BaseCheckpointError, LoraConfigError, AdapterError, DataValidationError, CheckpointError,
+               NonFiniteLossError)
+
+
+def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
+    preflight(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    tcfg: TrainerConfig = instantiate(cfg.trainer)
+    splits = prepare_data(cfg.dataset, run_dir)
     model = instantiate(cfg.model)
-    lora_config = instantiate(cfg.lora, _convert_="all")
-    report = inject_lora(model, lora_config)
-    log.info(report.describe())
-    table = parameter_summary(model)
-    log.info("trainable parameters by part:\n%s", table)
-    result = {"targets": len(report.targets), "table": table}
-    if cfg.save_adapter:
-        path = save_adapter(model, run_dir / "adapter.safetensors", base_model=cfg.model.name)
-        result["adapter"] = path
-        log.info("adapter written: %s (%.2f MB)", path, path.stat().st_size / 1e6)
-    return result
+    base_name = cfg.model.name
+    image_size, num_queries = model.image_size, model.transformer.decoder.num_queries
+    heldout = splits.test or splits.valid
+    heldout_name = "test" if splits.test else "valid"
+
+    def evaluator(split: Split) -> Evaluator:
+        ds = build_dataset(split, image_size, training=False, category_chunk_size=cfg.dataset.eval_category_chunk)
+        return Evaluator(split.ann_file, build_loader(ds, tcfg.batch_size, False, tcfg.num_workers), tcfg.max_dets)
+
+    results: Dict[str, Dict[str, float]] = {}
+    base_file = run_dir / "base_metrics.json"
+    if cfg.final_eval.compare_base and heldout is not None:
+        if base_file.is_file():  # a resumed run: the base was scored before training started
+            results["base"] = json.loads(base_file.read_text())
+        else:
+            results["base"] = evaluator(heldout)(model.to(resolve_device(tcfg.device)), resolve_device(tcfg.device))
+            base_file.write_text(json.dumps(results["base"]))
+
+    if cfg.lora:
+        report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
+        log.info(report.describe())
+
+        def save(m, tag):
+            save_adapter(m, run_dir / f"adapter_{tag}.safetensors", base_model=base_name)
+    else:
+        log.info("no LoRA configured: fine-tuning every weight")
+
+        def save(m, tag):  # sam3.pt layout, loadable as model.checkpoint_path
+            ckpt.atomic_save({"model": {f"detector.{k}": v for k, v in m.state_dict().items()}}, run_dir / f"model_{tag}.pt")
+    log.info("trainable parameters by part:\n%s", parameter_summary(model))
+
+    train_ds = build_dataset(
+        splits.train, image_size, training=True, num_hard_negatives=cfg.dataset.num_hard_negatives,
+        max_ann_per_img=cfg.dataset.max_ann_per_img, hflip=cfg.dataset.augment.hflip,
+        scale_min=cfg.dataset.augment.scale_min,
+    )
+    train_loader = build_loader(train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed)
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    loggers = build_loggers(cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=True)
+    trainer = Trainer(
+        model=model, loss_fn=build_sam3_loss(num_queries), make_optimizer=instantiate(cfg.optimizer),
+        make_scheduler=instantiate(cfg.scheduler), train_loader=train_loader,
+        evaluator=evaluator(splits.valid) if splits.valid else None, loggers=loggers, run_dir=run_dir, cfg=tcfg,
+        save_weights=save,
+    )
+    log.info("effective batch %d (batch_size %d x grad_accum %d), lr %g, %d optimizer steps",
+             tcfg.batch_size * tcfg.grad_accum, tcfg.batch_size, tcfg.grad_accum, cfg.optimizer.lr, trainer.total_steps)
+    fit = trainer.fit()
+
+    if heldout is not None:
+        best = run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
+        if best.is_file():
+            ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
+        results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
+    summary = {
+        "heldout_split": heldout_name, "results": results, "wall_time_s": fit["wall_time_s"],
+        "trainable_parameters": count_trainable(model), "best_val": fit["best"],
+    }
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    hparams = {"lora": config_dict.get("lora") or {}, "lr": cfg.optimizer.lr, "batch": tcfg.batch_size * tcfg.grad_accum}
+    final = results.get("lora") or results.get("finetuned") or {}
+    loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
+    loggers.finish()
+    log.info("\n%s", results_table(results, heldout_name, run_dir))
+    return summary
+
+
+def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Path) -> str:
+    lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
+    labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
+    for key, m in results.items():
+        lines.append(f"{labels[key]:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}"
+                     f"{m['segm/AP50']:>12.3f}")
+    lines += [
+        f"run directory: {run_dir}",
+        f"  adapter: {run_dir / 'adapter_best.safetensors'} (last: adapter_last.safetensors)",
+        f"  checkpoints: {run_dir / ckpt.CHECKPOINT_DIR}  log: {run_dir / 'training.log'}",
+        f"  metrics: {run_dir / 'results.json'}  tensorboard: tensorboard --logdir {run_dir}",
+    ]
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def main(cfg: DictConfig) -> Optional[float]:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        run(cfg, run_dir)
+        summary = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname)
     except Exception as e:  # noqa: BLE001 - user errors are reported without a traceback
         cause = _user_error(e)
         if cause is None:
             raise
         log.error("%s", cause)
         sys.exit(2)
+    return summary["best_val"]  # the sweep objective
 
 
 def _user_error(e: BaseException):

@@ -21,3 +21,32 @@ def tiny_model(tiny_base_state):
     model = build_model("tiny")
     model.load_state_dict(tiny_base_state)
     return model
+
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose_train(overrides):
+    """The training config exactly as `python -m sam3_lora.train <overrides>` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    """A small shifted-domain toy dataset, generated once per test session."""
+    from sam3_lora.data import toy
+
+    return toy.generate(tmp_path_factory.mktemp("toy"), domain="shifted", seed=0, splits={"train": 4, "valid": 4, "test": 4})
+
+
+def tiny_run_overrides(toy_root, *extra):
+    """A seconds-long training run of the tiny model on the toy data."""
+    return [
+        "model=sam3_tiny", "dataset=toy", f"dataset.root={toy_root}", "dataset.generate=null",
+        "dataset.augment.hflip=0", "dataset.augment.scale_min=1.0", "logger=none", "final_eval.compare_base=false",
+        "trainer.batch_size=4", "trainer.num_workers=0", "trainer.log_every=1", "trainer.max_epochs=2",
+        "optimizer.lr=3e-3", *extra,
+    ]

@@ -12,7 +12,10 @@ from hydra.utils import instantiate
 from sam3_lora.lora import LoraConfig
 from sam3_lora.train import CONF_DIR
 
-GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("model", "lora", "experiment")}
+GROUPS = {
+    g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+    for g in ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger", "launcher", "experiment", "debug")
+}
 ROOT = Path(CONF_DIR).parent
 
 
@@ -22,14 +25,78 @@ def _compose(overrides):
 
 
 def test_groups_have_the_expected_options():
-    assert GROUPS["model"] == ["sam3", "sam3_medium", "sam3_tiny"]
-    assert GROUPS["lora"] == ["balanced", "full", "minimal"]
+    assert GROUPS["model"] == ["sam3", "sam3_medium", "sam3_tiny", "sam3_tiny_toy"]
+    assert GROUPS["lora"] == ["balanced", "full", "minimal", "none"]
+    assert GROUPS["optimizer"] == ["adamw", "sgd"]
+    assert GROUPS["scheduler"] == ["constant", "step", "warmup_cosine"]
+    assert GROUPS["logger"] == ["all", "none", "tensorboard", "wandb"]
 
 
 @pytest.mark.parametrize("lora", GROUPS["lora"])
 def test_every_lora_preset_instantiates(lora):
     cfg = _compose([f"lora={lora}"])
-    assert isinstance(instantiate(cfg.lora, _convert_="all"), LoraConfig)
+    if lora == "none":
+        assert not cfg.lora  # full fine-tuning
+    else:
+        assert isinstance(instantiate(cfg.lora, _convert_="all"), LoraConfig)
+
+
+@pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
+@pytest.mark.parametrize("scheduler", GROUPS["scheduler"])
+def test_every_optimizer_and_scheduler_instantiates_and_steps(optimizer, scheduler):
+    import torch
+
+    cfg = _compose([f"optimizer={optimizer}", f"scheduler={scheduler}"])
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = instantiate(cfg.optimizer)([param])
+    sched = instantiate(cfg.scheduler)(opt, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        param.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(lr > 0 for lr in lrs) and lrs[-1] <= cfg.optimizer.lr
+    if scheduler != "constant":
+        assert lrs[-1] < cfg.optimizer.lr / 5
+
+
+@pytest.mark.parametrize("logger", GROUPS["logger"])
+def test_every_logger_builds(logger, tmp_path):
+    from sam3_lora.loggers import build_loggers
+
+    cfg = _compose([f"logger={logger}"])
+    loggers = build_loggers(cfg.logger, tmp_path, {"a": 1}, "run", is_main=True)
+    assert len(loggers.backends) == {"none": 0, "tensorboard": 1, "wandb": 1, "all": 2}[logger]
+    loggers.log_metrics({"x": 1.0}, 1)
+    loggers.finish()
+
+
+@pytest.mark.parametrize("dataset", GROUPS["dataset"])
+@pytest.mark.parametrize("trainer", GROUPS["trainer"])
+@pytest.mark.parametrize("launcher", GROUPS["launcher"])
+def test_data_trainer_launcher_options_compose(dataset, trainer, launcher):
+    from sam3_lora.trainer import TrainerConfig
+
+    cfg = _compose([f"dataset={dataset}", f"trainer={trainer}", f"launcher={launcher}"])
+    assert cfg.dataset.train.ann_file.endswith("train/_annotations.coco.json")
+    assert isinstance(instantiate(cfg.trainer), TrainerConfig)
+
+
+@pytest.mark.parametrize("debug", GROUPS["debug"])
+def test_every_debug_overlay_composes(debug):
+    assert _compose([f"debug={debug}"]).trainer.max_steps
+
+
+def test_toy_base_model_option_instantiates(tmp_path):
+    """model=sam3_tiny_toy trains (here: 2 steps) and caches its base, then reuses it."""
+    cfg = _compose(["model=sam3_tiny_toy", f"model.cache_dir={tmp_path}", "model.steps=2", "model.train_images=4"])
+    model = instantiate(cfg.model)
+    cached = list(tmp_path.glob("toy_base_*.pt"))
+    assert len(cached) == 1 and model.image_size == 112
+    mtime = cached[0].stat().st_mtime
+    instantiate(cfg.model)
+    assert cached[0].stat().st_mtime == mtime  # reused, not retrained
 
 
 @pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m != "sam3"])
@@ -58,12 +125,22 @@ def test_cfg_job_prints_the_composed_config():
     assert "rank: 8" in res.stdout and "alpha: 16.0" in res.stdout and "name: sam3" in res.stdout
 
 
-def test_quickstart_writes_an_adapter_into_the_run_dir(tmp_path):
-    res = _cli("experiment=quickstart", f"hydra.run.dir={tmp_path}")
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "adapter.safetensors").is_file()
-    assert (tmp_path / ".hydra" / "config.yaml").is_file()
-    assert "trainable parameters by part" in res.stdout + res.stderr
+def test_quickstart_end_to_end_scaled_down(tmp_path):
+    """The README's main job with every stage shortened: pretrain base, score it, LoRA, score, table."""
+    run_dir = tmp_path / "run"
+    res = _cli(
+        "experiment=quickstart", f"hydra.run.dir={run_dir}", f"model.cache_dir={tmp_path / 'cache'}", "model.steps=4",
+        "model.train_images=4", f"dataset.root={tmp_path / 'data'}", "dataset.generate.splits={train: 8, valid: 4, test: 4}",
+        "trainer.max_epochs=1", "trainer.num_workers=0",
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for name in ("adapter_best.safetensors", "adapter_last.safetensors", "training.log", "results.json",
+                 ".hydra/config.yaml", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    assert "trainable parameters by part" in out
+    assert "frozen base" in out and "LoRA (best)" in out and str(run_dir) in out
+    assert "held-out 'test' split" in (run_dir / "training.log").read_text()
 
 
 def test_missing_checkpoint_stops_with_instructions(tmp_path):
@@ -71,6 +148,7 @@ def test_missing_checkpoint_stops_with_instructions(tmp_path):
     assert res.returncode == 2
     out = res.stdout + res.stderr
     assert "SAM3 checkpoint not found" in out and "model.checkpoint_path" in out
+    assert "No training data at 'data/train/_annotations.coco.json'" in out and "dataset.root=" in out
     assert "Traceback" not in out
 
 

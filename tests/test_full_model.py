@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sam3_lora.lora import count_trainable, inject_lora
-from sam3_lora.models import CheckpointNotFoundError, build_model
+from sam3_lora.models import BaseCheckpointError, build_model
 from sam3_lora.models.builders import load_base_checkpoint
 from sam3_lora.train import CONF_DIR
 
@@ -38,9 +38,9 @@ def test_every_preset_fits_the_full_model(full_sam3, preset):
 
 
 def test_missing_checkpoint_says_where_to_get_it(tmp_path):
-    with pytest.raises(CheckpointNotFoundError, match=r"(?s)huggingface.co/facebook/sam3.*model.checkpoint_path"):
+    with pytest.raises(BaseCheckpointError, match=r"(?s)huggingface.co/facebook/sam3.*model.checkpoint_path"):
         build_model("sam3", checkpoint_path=str(tmp_path / "sam3.pt"))
-    with pytest.raises(CheckpointNotFoundError, match="No SAM3 checkpoint configured"):
+    with pytest.raises(BaseCheckpointError, match="No SAM3 checkpoint configured"):
         build_model("sam3", checkpoint_path=None)
 
 

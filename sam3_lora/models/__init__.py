@@ -2,11 +2,11 @@
 
 from sam3_lora.models.builders import (
     SIZES,
-    CheckpointNotFoundError,
+    BaseCheckpointError,
     SAM3Size,
     build_model,
     build_sam3,
     build_sam3_sized,
 )
 
-__all__ = ["SIZES", "CheckpointNotFoundError", "SAM3Size", "build_model", "build_sam3", "build_sam3_sized"]
+__all__ = ["SIZES", "BaseCheckpointError", "SAM3Size", "build_model", "build_sam3", "build_sam3_sized"]

@@ -25,8 +25,8 @@ HF_REPO = "facebook/sam3"
 HF_CHECKPOINT = "sam3.pt"
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """The base checkpoint is not where the config says, and the hub was not asked for."""
+class BaseCheckpointError(ValueError):
+    """The base (sam3.pt) checkpoint is missing, unreadable, or not a SAM3 checkpoint."""
 
 
 def default_bpe_path() -> str:
@@ -222,6 +222,7 @@ def build_sam3_sized(
         matcher=matcher,
     )
     init_text_encoder(model)
+    model.image_size = s.img_size  # the only input size RoPE accepts; the data pipeline resizes to it
     return model.eval() if eval_mode else model
 
 
@@ -246,7 +247,7 @@ def resolve_checkpoint(checkpoint_path: Optional[str], load_from_hub: bool) -> O
         if path.is_file():
             return str(path)
         if not load_from_hub:
-            raise CheckpointNotFoundError(
+            raise BaseCheckpointError(
                 f"SAM3 checkpoint not found at '{path}'.\n"
                 f"  Download {HF_CHECKPOINT} from https://huggingface.co/{HF_REPO} (gated: accept the licence "
                 f"first, then `huggingface-cli download {HF_REPO} {HF_CHECKPOINT}`),\n"
@@ -277,7 +278,7 @@ def build_sam3(
 
     resolved = None if random_init else resolve_checkpoint(checkpoint_path, load_from_hub)
     if resolved is None and not random_init:
-        raise CheckpointNotFoundError(
+        raise BaseCheckpointError(
             "No SAM3 checkpoint configured: set model.checkpoint_path=/path/to/sam3.pt "
             f"(from https://huggingface.co/{HF_REPO}), or model.load_from_hub=true when online."
         )
@@ -287,6 +288,7 @@ def build_sam3(
             checkpoint_path=None, load_from_HF=False, enable_segmentation=enable_segmentation,
         )
     init_text_encoder(model)
+    model.image_size = SIZES["full"].img_size
     if resolved is not None:
         load_base_checkpoint(model, resolved)
     return model
@@ -302,14 +304,34 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
             f"{checkpoint_path} is a safetensors file; a sam3_lora adapter is loaded with lora.adapter_path, "
             "and model.checkpoint_path expects the base sam3.pt."
         )
-    _load_checkpoint(model, checkpoint_path)
+    try:
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise BaseCheckpointError(f"{checkpoint_path} is not a readable PyTorch checkpoint ({e})") from e
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    found = {k[len("detector."):] for k in state if k.startswith("detector.")}
+    expected = set(model.state_dict())
+    if len(found & expected) < 0.5 * len(expected):
+        raise BaseCheckpointError(
+            f"{checkpoint_path} does not look like a SAM3 checkpoint for this model: {len(found & expected)} of "
+            f"{len(expected)} weights found under 'detector.' (sam3.pt stores the image model there)."
+        )
+    del ckpt, state
+    try:
+        _load_checkpoint(model, checkpoint_path)
+    except RuntimeError as e:  # size mismatches
+        raise BaseCheckpointError(f"{checkpoint_path} does not fit model '{getattr(model, 'image_size', '?')} px': {e}") from e
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Entry used by the ``model`` config group."""
+def build_model(name: str, checkpoint_path: Optional[str] = None, overrides: Optional[dict] = None, **kwargs) -> nn.Module:
+    """Entry used by the ``model`` config group: ``sam3`` or a named size."""
     if name == "sam3":
-        return build_sam3(**kwargs)
-    if name in SIZES:
-        size = dataclasses.replace(SIZES[name], **kwargs.pop("overrides", {}) or {})
-        return build_sam3_sized(size, **kwargs)
-    raise ValueError(f"unknown model '{name}'; choose one of: sam3, {', '.join(SIZES)}")
+        return build_sam3(checkpoint_path=checkpoint_path, **kwargs)
+    if name not in SIZES:
+        raise ValueError(f"unknown model '{name}'; choose one of: sam3, {', '.join(SIZES)}")
+    model = build_sam3_sized(dataclasses.replace(SIZES[name], **(overrides or {})), **kwargs)
+    if checkpoint_path:
+        if not Path(checkpoint_path).is_file():
+            raise BaseCheckpointError(f"checkpoint for model '{name}' not found at '{checkpoint_path}'")
+        load_base_checkpoint(model, checkpoint_path)
+    return model

@@ -1,0 +1,84 @@
+"""COCO bbox and segm AP of a SAM3 model on a split, with pycocotools' COCOeval.
+
+Every category is asked of every image (text prompt = category name); sam3's own
+postprocessor turns outputs into boxes, scores and RLE masks at the original image
+size; COCOeval scores them against the split's annotation file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Dict, Iterable, List
+
+import torch
+from torch import nn
+
+# COCOeval.stats order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _postprocessor(max_dets: int):
+    from sam3.eval.postprocessors import PostProcessImage
+
+    return PostProcessImage(
+        max_dets_per_img=max_dets, iou_type="segm", to_cpu=True, use_original_ids=True,
+        use_original_sizes_box=True, use_original_sizes_mask=True, convert_mask_to_rle=True,
+        always_interpolate_masks_on_gpu=False, use_presence=True,
+    )
+
+
+def _to_coco(results: Dict[int, dict]) -> List[dict]:
+    detections = []
+    for image_id, r in results.items():
+        boxes = r["boxes"].tolist()
+        for (x0, y0, x1, y1), score, label, rle in zip(boxes, r["scores"].tolist(), r["labels"].tolist(), r["masks_rle"]):
+            detections.append({
+                "image_id": int(image_id), "category_id": int(label), "score": float(score),
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle,
+            })
+    return detections
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, device: torch.device, max_dets: int = 100,
+            autocast: contextlib.AbstractContextManager = None) -> List[dict]:
+    """COCO-format detections (with RLE masks) for every image the batches cover."""
+    from sam3.model.utils.misc import copy_data_to_device
+
+    post = _postprocessor(max_dets)
+    was_training = model.training
+    model.eval()
+    detections: List[dict] = []
+    try:
+        for batch in batches:
+            batch = copy_data_to_device(batch, device, non_blocking=True)
+            with autocast or contextlib.nullcontext():
+                stages = model(batch)
+            results = post.process_results(stages, batch.find_metadatas)
+            detections.extend(_to_coco(results))
+    finally:
+        model.train(was_training)
+    return detections
+
+
+def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")) -> Dict[str, float]:
+    """``{"bbox/AP": ..., "segm/AP50": ...}`` from COCOeval; zeros when nothing was detected."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    metrics: Dict[str, float] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+        for iou_type in iou_types:
+            if not detections:
+                metrics.update({f"{iou_type}/{n}": 0.0 for n in STAT_NAMES})
+                continue
+            dt = gt.loadRes([dict(d) for d in detections])
+            ev = COCOeval(gt, dt, iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            # -1 where COCOeval has no ground truth to score (e.g. no small objects).
+            metrics.update({f"{iou_type}/{n}": float(v) for n, v in zip(STAT_NAMES, ev.stats)})
+    return metrics

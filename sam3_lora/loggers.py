@@ -1,0 +1,104 @@
+"""Metric logging to TensorBoard and/or wandb (either, both or neither).
+
+Only rank 0 logs. wandb works offline without an account (``mode: offline``) and
+keeps its run id in the run directory, so a resumed run continues the same wandb run.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+log = logging.getLogger(__name__)
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def log_hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        # Same directory as the scalars, so the HParams view lists one row per run.
+        self.writer.add_hparams(_flat_scalars(hparams), metrics, run_name=".")
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    def __init__(self, run_dir: Path, config: Dict[str, Any], project: str, name: Optional[str], group: Optional[str],
+                 tags: List[str], mode: str, entity: Optional[str] = None):
+        import wandb
+
+        id_file = Path(run_dir) / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.run = wandb.init(
+            project=project, entity=entity, name=name, group=group, tags=list(tags), config=config,
+            dir=str(run_dir), id=run_id, resume="allow", mode=mode,
+        )
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        self.run.summary.update(metrics)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def _flat_scalars(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """TensorBoard hparams accept only scalars and strings: flatten and stringify the rest."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_scalars(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+class Loggers:
+    """Fans each call out to the enabled backends."""
+
+    def __init__(self, backends: List[Any]):
+        self.backends = backends
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        for b in self.backends:
+            b.log_metrics(metrics, step)
+
+    def log_hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        for b in self.backends:
+            b.log_hparams(hparams, metrics)
+
+    def finish(self) -> None:
+        for b in self.backends:
+            b.finish()
+
+
+def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool) -> Loggers:
+    """``cfg`` is the ``logger`` config group: ``tensorboard`` and ``wandb`` blocks, each null or enabled."""
+    if not is_main:
+        return Loggers([])
+    backends: List[Any] = []
+    if cfg.get("tensorboard"):
+        backends.append(TensorBoardLogger(run_dir / cfg.tensorboard.subdir))
+    if cfg.get("wandb"):
+        w = cfg.wandb
+        backends.append(
+            WandbLogger(run_dir, config, project=w.project, name=w.name or run_name, group=w.group,
+                        tags=list(w.tags or []), mode=w.mode, entity=w.get("entity"))
+        )
+    return Loggers(backends)

@@ -1,0 +1,285 @@
+"""The training loop: SAM3's loss, AMP, accumulation, clipping, evaluation, checkpoints, resume.
+
+One loop, readable top to bottom (``fit`` -> ``train_epoch`` -> ``evaluate`` / ``save``).
+Trains whatever requires a gradient: the LoRA adapter (and any ``modules_to_save``),
+or every weight when no LoRA is configured (full fine-tuning, for comparison).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sam3_lora import checkpoint as ckpt
+from sam3_lora.evaluation import coco_metrics, predict
+from sam3_lora.loggers import Loggers
+from sam3_lora.loss import compute_loss, core_loss
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss stayed NaN/inf for several consecutive steps."""
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    max_steps: Optional[int] = None  # optimizer steps; stops early when reached (debugging)
+    batch_size: int = 2
+    num_workers: int = 2
+    grad_accum: int = 1
+    clip_grad: Optional[float] = 0.1
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    activation_checkpointing: bool = False  # recompute ViT blocks in backward: less memory, more time
+    eval_every: int = 1  # epochs
+    save_every: int = 0  # epochs; 0 = only last and best
+    best_metric: str = "bbox/AP"
+    log_every: int = 10  # optimizer steps
+    max_dets: int = 100
+    resume: Optional[str] = None  # a checkpoint file or run directory; the run dir's own last.pt is automatic
+    auto_resume: bool = True
+    deterministic: bool = False
+    max_bad_steps: int = 5  # consecutive non-finite losses before giving up
+    device: str = "auto"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp in ("auto", "bf16"):
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    raise ValueError(f"trainer.amp must be auto, bf16, fp16 or off; got '{amp}'")
+
+
+@dataclass
+class Evaluator:
+    """COCO AP of the model on one split."""
+
+    ann_file: str
+    loader: torch.utils.data.DataLoader
+    max_dets: int = 100
+
+    def __call__(self, model: nn.Module, device: torch.device, autocast=None) -> Dict[str, float]:
+        detections = predict(model, self.loader, device, self.max_dets, autocast)
+        return coco_metrics(self.ann_file, detections)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        make_optimizer: Callable,
+        make_scheduler: Callable,
+        train_loader: torch.utils.data.DataLoader,
+        evaluator: Optional[Evaluator],
+        loggers: Loggers,
+        run_dir: Path,
+        cfg: TrainerConfig,
+        save_weights: Callable[[nn.Module, str], None],
+        is_main: bool = True,
+    ):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params)
+        self.steps_per_epoch = max(1, len(train_loader) // cfg.grad_accum)
+        self.total_steps = cfg.max_epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.scheduler = make_scheduler(self.optimizer, total_steps=self.total_steps)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_loader = train_loader
+        self.evaluator = evaluator
+        self.loggers = loggers
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / ckpt.CHECKPOINT_DIR
+        self.save_weights = save_weights  # (model, "best" | "last"): the shippable adapter or weights
+        self.is_main = is_main
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.best: Optional[float] = None
+        self.improved = False
+        self.history: list = []
+        self._apply_activation_checkpointing()
+
+    # ---------------------------------------------------------------- setup
+    def _apply_activation_checkpointing(self) -> None:
+        trunk = getattr(getattr(self.model, "backbone", None), "vision_backbone", None)
+        trunk = getattr(trunk, "trunk", None)
+        if trunk is not None and hasattr(trunk, "use_act_checkpoint"):
+            trunk.use_act_checkpoint = self.cfg.activation_checkpointing
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "trainable": ckpt.trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+        }
+
+    def resume(self) -> Optional[Path]:
+        path = ckpt.find_resume_checkpoint(self.run_dir, self.cfg.resume) if (self.cfg.resume or self.cfg.auto_resume) else None
+        if path is None:
+            return None
+        state = ckpt.load(path)
+        ckpt.load_trainable_state(self.model, state["trainable"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.history = state.get("history", [])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+        return path
+
+    def save(self, metrics: Optional[Dict[str, float]]) -> None:
+        if not self.is_main:
+            return
+        state = self.state()
+        ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
+        if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
+            ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch:04d}.pt")
+        if metrics is not None and self.improved:
+            ckpt.atomic_save(state, self.ckpt_dir / ckpt.BEST)
+            self.save_weights(self.model, "best")
+        self.save_weights(self.model, "last")
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> Dict[str, float]:
+        self.resume()
+        start = time.time()
+        while self.epoch < self.cfg.max_epochs and not self._step_budget_spent():
+            self.train_epoch()
+            self.epoch += 1
+            metrics = None
+            last = self.epoch == self.cfg.max_epochs or self._step_budget_spent()
+            if self.evaluator is not None and (self.epoch % self.cfg.eval_every == 0 or last):
+                metrics = self.evaluate()
+            self.save(metrics)
+        return {"wall_time_s": time.time() - start, "best": self.best}
+
+    def _step_budget_spent(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def train_epoch(self) -> None:
+        self.model.train()
+        self.train_loader.sampler.set_epoch(self.epoch)
+        accum, bad_steps = self.cfg.grad_accum, 0
+        window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
+        # A live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it.
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
+                   disable=True if not self.is_main else None, leave=False, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            batch = _to_device(batch, self.device)
+            with self.autocast():
+                losses = compute_loss(self.model, self.loss_fn, batch)
+            loss = core_loss(losses)
+            if not torch.isfinite(loss):
+                bad_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                log.warning("non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, i, bad_steps)
+                if bad_steps >= self.cfg.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"loss was NaN/inf for {bad_steps} consecutive batches at step {self.step}. The last good "
+                        f"checkpoint is in {self.ckpt_dir}. Try a lower optimizer.lr, trainer.clip_grad=0.1, or trainer.amp=off."
+                    )
+                continue
+            bad_steps = 0
+            self.scaler.scale(loss / accum).backward()
+            window["loss"] += loss.item()
+            window["images"] += len(batch.img_batch)
+            window["batches"] += 1
+            if (i + 1) % accum:
+                continue
+            self.scaler.unscale_(self.optimizer)
+            if self.cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.step % self.cfg.log_every == 0 or self._step_budget_spent():
+                self._log_window(window, losses, bar)
+                window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
+            if self._step_budget_spent():
+                break
+
+    def _log_window(self, window: dict, losses: dict, bar) -> None:
+        elapsed = max(time.time() - window["t"], 1e-9)
+        metrics = {
+            "train/loss": window["loss"] / max(window["batches"], 1),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/images_per_s": window["images"] / elapsed,
+            "train/epoch": self.epoch + 1,
+        }
+        metrics.update({f"train/{k}": v.detach().item() for k, v in losses.items() if k.startswith("loss_") and "aux" not in k})
+        if self.device.type == "cuda":
+            metrics["train/max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:
+            import psutil
+
+            metrics["train/rss_gb"] = psutil.Process().memory_info().rss / 2**30
+        bar.set_postfix(loss=f"{metrics['train/loss']:.2f}", lr=f"{metrics['train/lr']:.1e}",
+                        img_s=f"{metrics['train/images_per_s']:.1f}")
+        log.info("step %d epoch %d loss %.3f lr %.2e %.1f img/s", self.step, self.epoch + 1, metrics["train/loss"],
+                 metrics["train/lr"], metrics["train/images_per_s"])
+        self.loggers.log_metrics(metrics, self.step)
+
+    def evaluate(self) -> Dict[str, float]:
+        metrics = self.evaluator(self.model, self.device, self.autocast())
+        value = metrics.get(self.cfg.best_metric)
+        if value is None:
+            raise KeyError(f"trainer.best_metric '{self.cfg.best_metric}' is not computed; choose from {sorted(metrics)}")
+        self.improved = self.best is None or value > self.best
+        if self.improved:
+            self.best = value
+        self.history.append({"epoch": self.epoch, "step": self.step, **metrics})
+        log.info("eval epoch %d: bbox AP %.4f, segm AP %.4f (best %s %.4f)", self.epoch, metrics["bbox/AP"],
+                 metrics["segm/AP"], self.cfg.best_metric, self.best)
+        self.loggers.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
+        if self.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
+        return metrics
+
+
+def _to_device(batch, device: torch.device):
+    if device.type == "cpu":
+        return batch
+    from sam3.model.utils.misc import copy_data_to_device
+
+    return copy_data_to_device(batch, device, non_blocking=True)

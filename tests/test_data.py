@@ -1,0 +1,201 @@
+"""COCO data: validation of every bad-input case, and sam3's pipeline on polygons, RLE and crowds."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from conftest import compose_train, tiny_run_overrides
+from sam3_lora.data import toy
+from sam3_lora.data.coco import HardNegativeCocoLoader, Split, build_dataset, build_loader
+from sam3_lora.data.validate import DataValidationError, validate_and_clean, validate_split
+from sam3_lora.train import run
+
+
+def _rle(h, w, box):
+    m = np.zeros((h, w), dtype=np.uint8, order="F")
+    x, y, bw, bh = box
+    m[y:y + bh, x:x + bw] = 1
+    rle = mask_util.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+@pytest.fixture
+def coco_dir(tmp_path):
+    """Two 64x48 images, three categories; polygon, RLE and crowd annotations."""
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48), (40, 40, 40)).save(tmp_path / name)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+                   {"id": 2, "file_name": "b.png", "width": 64, "height": 48}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0,
+             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [35, 5, 20, 30], "area": 600, "iscrowd": 0,
+             "segmentation": _rle(48, 64, (35, 5, 20, 30))},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 64, 48], "area": 3072, "iscrowd": 1,
+             "segmentation": _rle(48, 64, (0, 0, 64, 48))},
+            {"id": 4, "image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "_annotations.coco.json").write_text(json.dumps(coco))
+    return tmp_path
+
+
+def _edit(coco_dir, fn):
+    path = coco_dir / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    fn(coco)
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _errors(coco_dir):
+    report, _ = validate_split(coco_dir / "_annotations.coco.json", coco_dir)
+    return report
+
+
+def test_clean_dataset_passes(coco_dir):
+    report, cleaned = validate_split(coco_dir / "_annotations.coco.json", coco_dir)
+    assert not report.errors and not report.repaired and cleaned is None
+
+
+def test_malformed_json_names_line_and_column(coco_dir):
+    (coco_dir / "_annotations.coco.json").write_text('{"images": [\n  {"id": 1,,}\n]}')
+    report = _errors(coco_dir)
+    (message,) = report.errors["malformed JSON"]
+    assert "_annotations.coco.json line 2 column" in message
+
+
+def test_missing_top_level_keys(coco_dir):
+    _edit(coco_dir, lambda c: c.pop("categories"))
+    assert "lacks list(s) ['categories']" in _errors(coco_dir).errors["missing top-level keys"][0]
+
+
+def test_missing_image_names_id_and_path(coco_dir):
+    (coco_dir / "b.png").unlink()
+    (message,) = _errors(coco_dir).errors["missing or undecodable images"]
+    assert message.startswith("image id 2:") and "b.png file not found" in message
+
+
+def test_undecodable_image(coco_dir):
+    (coco_dir / "a.png").write_bytes(b"not a png at all")
+    (message,) = _errors(coco_dir).errors["missing or undecodable images"]
+    assert "image id 1:" in message and "cannot be decoded" in message
+
+
+def test_image_size_disagreeing_with_json(coco_dir):
+    Image.new("RGB", (32, 48)).save(coco_dir / "a.png")
+    (message,) = _errors(coco_dir).errors["missing or undecodable images"]
+    assert "is 32x48 but the JSON says 64x48" in message
+
+
+def test_unknown_category_id(coco_dir):
+    _edit(coco_dir, lambda c: c["annotations"][0].update(category_id=7))
+    (message,) = _errors(coco_dir).errors["unknown category ids"]
+    assert "annotation id 1 (image 1): category_id 7 is not in categories [1, 2, 3]" == message
+
+
+def test_missing_iscrowd_says_how_to_fix(coco_dir):
+    _edit(coco_dir, lambda c: c["annotations"][1].pop("iscrowd"))
+    (message,) = _errors(coco_dir).errors["missing iscrowd"]
+    assert "annotation id 2" in message and '"iscrowd": 0' in message
+
+
+def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
+    def edit(c):
+        c["annotations"][0]["image_id"] = 99
+        c["images"].append(dict(c["images"][0]))
+    _edit(coco_dir, edit)
+    errors = _errors(coco_dir).errors
+    assert "no image with id 99" in errors["annotations of unknown images"][0]
+    assert "image id 1 appears more than once" in errors["duplicate image ids"][0]
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(coco_dir, tmp_path):
+    def edit(c):
+        c["annotations"][0]["bbox"] = [50, 40, 30, 20]   # partly outside a 64x48 image
+        c["annotations"][1]["bbox"] = [70, 50, 5, 5]     # entirely outside
+        c["annotations"][3]["bbox"] = [5, 5, 0, 10]      # zero width
+    _edit(coco_dir, edit)
+    ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path / "out", "train")
+    assert report.repaired == {"bbox partly outside the image (clipped)": 1, "bbox outside the image (dropped)": 1,
+                               "zero-size bbox (dropped)": 1}
+    cleaned = json.loads(open(ann_file).read())
+    assert [a["id"] for a in cleaned["annotations"]] == [1, 3]
+    assert cleaned["annotations"][0]["bbox"] == [50, 40, 14, 8]
+    assert ann_file.endswith("train_cleaned.coco.json")
+
+
+def test_empty_or_invalid_segmentation_is_removed_box_kept(coco_dir, tmp_path):
+    def edit(c):
+        c["annotations"][0]["segmentation"] = []
+        c["annotations"][1]["segmentation"] = [[1, 2, 3]]
+    _edit(coco_dir, edit)
+    ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
+    assert report.repaired["empty or invalid segmentation (removed, box kept)"] == 2
+    cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
+    assert "segmentation" not in cleaned[1] and cleaned[1]["bbox"] == [10, 10, 20, 20]
+
+
+def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
+    def edit(c):
+        c["annotations"][0]["category_id"] = 7
+        c["annotations"][1].pop("iscrowd")
+    _edit(coco_dir, edit)
+    (coco_dir / "b.png").unlink()
+    with pytest.raises(DataValidationError) as info:
+        validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
+    text = str(info.value)
+    assert "dataset split 'train' cannot be used" in text
+    assert "unknown category ids (1)" in text and "missing iscrowd (1)" in text and "missing or undecodable images (1)" in text
+
+
+def test_bad_dataset_stops_the_cli_run(coco_dir, tmp_path, toy_root):
+    _edit(coco_dir, lambda c: c["annotations"][0].update(category_id=7))
+    overrides = [o for o in tiny_run_overrides(toy_root) if not o.startswith("dataset.root")]
+    cfg = compose_train([*overrides, f"dataset.train.ann_file={coco_dir}/_annotations.coco.json",
+                         f"dataset.train.img_folder={coco_dir}"])
+    with pytest.raises(DataValidationError, match="category_id 7"):
+        run(cfg, tmp_path / "run")
+
+
+def test_pipeline_reads_polygons_rle_and_drops_crowds_from_targets(coco_dir):
+    split = Split(str(coco_dir / "_annotations.coco.json"), str(coco_dir))
+    ds = build_dataset(split, resolution=56, training=True, num_hard_negatives=-1, hflip=0.0)
+    first = ds[0]  # image 1: a polygon cat and an RLE dog
+    assert first.images[0].data.shape == (3, 56, 56)
+    masks = [o.segment for o in first.images[0].objects]
+    assert len(masks) == 2 and all(m is not None and m.sum() > 0 for m in masks)
+    assert {q.query_text for q in first.find_queries} == {"cat", "dog", "bird"}  # bird is a negative prompt
+    second = ds[1]  # image 2: the crowd cat is not a target
+    cat = next(q for q in second.find_queries if q.query_text == "cat")
+    assert cat.object_ids_output == []
+    batch = next(iter(build_loader(ds, batch_size=2, training=True)))
+    assert batch.img_batch.shape == (2, 3, 56, 56)
+
+
+def test_hard_negatives_are_limited_to_the_configured_count(coco_dir):
+    loader = HardNegativeCocoLoader(str(coco_dir / "_annotations.coco.json"), num_hard_negatives=1)
+    queries, _ = loader.loadQueriesAndAnnotationsFromDatapoint(1)  # image 2 has only a crowd cat and a dog
+    positives = [q for q in queries if q["object_ids_output"]]
+    assert len(queries) == len(positives) + 1
+    assert [q["id"] for q in queries] == list(range(len(queries)))
+    none = HardNegativeCocoLoader(str(coco_dir / "_annotations.coco.json"), num_hard_negatives=0)
+    assert all(q["object_ids_output"] for q in none.loadQueriesAndAnnotationsFromDatapoint(0)[0])
+
+
+def test_toy_generator_is_deterministic_and_validates(tmp_path):
+    a = toy.generate(tmp_path / "a", "base", seed=3, splits={"train": 3})
+    b = toy.generate(tmp_path / "b", "base", seed=3, splits={"train": 3})
+    assert (a / "train" / "_annotations.coco.json").read_text() == (b / "train" / "_annotations.coco.json").read_text()
+    assert (a / "train" / "train_0001.png").read_bytes() == (b / "train" / "train_0001.png").read_bytes()
+    report, cleaned = validate_split(a / "train" / "_annotations.coco.json", a / "train")
+    assert not report.errors and cleaned is None
+    shutil.rmtree(b)
+    assert toy.ensure(a, "base", seed=3, splits={"train": 3}) == a  # cached: not regenerated
