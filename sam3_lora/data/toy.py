@@ -1,0 +1,140 @@
+"""A synthetic COCO dataset of named shapes, generated deterministically from a seed.
+
+Two visual domains share the same categories, so a model trained on one can be
+adapted to the other:
+
+* ``base``: bright filled shapes on a dark, plain background;
+* ``shifted``: dark shapes with a light outline on a light, noisy background.
+
+Layout is Roboflow's: ``ROOT/{train,valid,test}/_annotations.coco.json`` beside the
+images, with polygon segmentations, ``iscrowd`` on every annotation.
+
+    python tools/make_toy_dataset.py --root data/toy --domain shifted
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from PIL import Image, ImageDraw, ImageFilter
+
+CATEGORIES = ("circle", "square", "triangle")
+DOMAINS = ("base", "shifted")
+DEFAULT_SPLITS = {"train": 48, "valid": 16, "test": 16}
+ANNOTATIONS = "_annotations.coco.json"
+# Bump when the generator's output changes, so cached copies are regenerated.
+GENERATOR_VERSION = 1
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
+    if kind == "circle":
+        n = 24
+        return [(cx + r * math.cos(2 * math.pi * i / n), cy + r * math.sin(2 * math.pi * i / n)) for i in range(n)]
+    corners = 4 if kind == "square" else 3
+    radius = r * (1.25 if kind == "square" else 1.3)
+    return [
+        (cx + radius * math.cos(angle + 2 * math.pi * i / corners), cy + radius * math.sin(angle + 2 * math.pi * i / corners))
+        for i in range(corners)
+    ]
+
+
+def _background(rng: random.Random, size: int, domain: str) -> Image.Image:
+    if domain == "base":
+        shade = rng.randint(20, 60)
+        return Image.new("RGB", (size, size), (shade, shade, shade + 10))
+    noise = Image.effect_noise((size, size), rng.uniform(30, 60)).convert("RGB")
+    tint = Image.new("RGB", (size, size), (rng.randint(190, 240), rng.randint(190, 240), rng.randint(170, 220)))
+    return Image.blend(tint, noise, 0.35).filter(ImageFilter.GaussianBlur(0.6))
+
+
+# Each category has its own hue per domain (a cue a tiny model picks up quickly); the
+# shifted domain changes hues, contrast and background together.
+PALETTES = {
+    "base": {"circle": (230, 80, 60), "square": (80, 220, 90), "triangle": (90, 120, 240)},
+    "shifted": {"circle": (40, 40, 120), "square": (120, 40, 40), "triangle": (30, 90, 40)},
+}
+
+
+def _colour(rng: random.Random, domain: str, kind: str) -> Tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-25, 25))) for c in PALETTES[domain][kind])
+
+
+def _image(rng: random.Random, size: int, domain: str):
+    image = _background(rng, size, domain)
+    draw = ImageDraw.Draw(image)
+    shapes, placed = [], []
+    for _ in range(rng.randint(1, 3)):
+        for _attempt in range(20):
+            r = rng.uniform(0.12, 0.22) * size
+            cx, cy = rng.uniform(r * 1.4, size - r * 1.4), rng.uniform(r * 1.4, size - r * 1.4)
+            if all(math.hypot(cx - x, cy - y) > 1.4 * (r + pr) for x, y, pr in placed):
+                break
+        else:
+            continue
+        placed.append((cx, cy, r))
+        kind = rng.choice(CATEGORIES)
+        poly = _polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
+        outline = (235, 235, 235) if domain == "shifted" else None
+        draw.polygon(poly, fill=_colour(rng, domain, kind), outline=outline)
+        shapes.append((kind, poly))
+    return image, shapes
+
+
+def _annotation(ann_id: int, image_id: int, kind: str, poly) -> Dict:
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    x0, y0 = min(xs), min(ys)
+    w, h = max(xs) - x0, max(ys) - y0
+    area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(poly))))
+    return {
+        "id": ann_id, "image_id": image_id, "category_id": CATEGORIES.index(kind) + 1,
+        "bbox": [round(v, 2) for v in (x0, y0, w, h)], "area": round(area, 2),
+        "segmentation": [[round(c, 2) for p in poly for c in p]], "iscrowd": 0,
+    }
+
+
+def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits: Dict[str, int] = None) -> Path:
+    """Write the dataset under ``root`` (idempotent: same arguments, same bytes)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown toy domain '{domain}'; choose one of {', '.join(DOMAINS)}")
+    root = Path(root)
+    splits = splits or DEFAULT_SPLITS
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)]
+    for split_index, (split, count) in enumerate(splits.items()):
+        rng = random.Random(f"{seed}-{domain}-{split_index}")
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            image, shapes = _image(rng, size, domain)
+            name = f"{split}_{i:04d}.png"
+            image.save(folder / name)
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+            for kind, poly in shapes:
+                annotations.append(_annotation(len(annotations) + 1, image_id, kind, poly))
+        coco = {"info": {"description": f"sam3_lora toy shapes, domain={domain}, seed={seed}"},
+                "images": images, "annotations": annotations, "categories": categories}
+        tmp = folder / f".{ANNOTATIONS}.tmp"
+        tmp.write_text(json.dumps(coco))
+        os.replace(tmp, folder / ANNOTATIONS)
+    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSION}
+    (root / "toy.json").write_text(json.dumps(stamp))
+    return root
+
+
+def ensure(root, domain: str = "base", seed: int = 0, size: int = 128, splits: Dict[str, int] = None) -> Path:
+    """Generate the dataset on first use; reuse it while its parameters are unchanged."""
+    root = Path(root)
+    splits = splits or DEFAULT_SPLITS
+    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSION}
+    try:
+        if json.loads((root / "toy.json").read_text()) == stamp:
+            return root
+    except (OSError, ValueError):
+        pass
+    return generate(root, domain, seed, size, splits)
