@@ -156,3 +156,10 @@ def test_bad_lora_option_lists_valid_choices(tmp_path):
     res = _cli("experiment=quickstart", "lora.targets=[q_proj,query]", f"hydra.run.dir={tmp_path}")
     assert res.returncode == 2
     assert "unknown LoRA target 'query'; valid targets: q_proj" in res.stdout + res.stderr
+
+
+def test_help_lists_every_group_and_its_options():
+    res = _cli("--help")
+    assert res.returncode == 0
+    for group, options in GROUPS.items():
+        assert f"{group}: {', '.join(options)}" in res.stdout, group

@@ -102,3 +102,10 @@ def test_full_finetuning_baseline_trains_everything(toy_root, tmp_path):
     summary = _train(toy_root, tmp_path, "lora=none", "trainer.max_epochs=1")
     assert summary["trainable_parameters"] > 4e6
     assert (tmp_path / "model_last.pt").is_file()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(toy_root, tmp_path):
+    _train(toy_root, tmp_path, "trainer.batch_size=1", "trainer.grad_accum=2", "trainer.max_epochs=1")
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2  # 4 images, 1 per batch, 2 batches per optimizer step
+    assert state["scheduler"]["last_epoch"] == 2

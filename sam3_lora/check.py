@@ -1,0 +1,129 @@
+"""``python -m sam3_lora.check [overrides]``: is this machine ready to train?
+
+The seeds' quick-start checks as one command: Python, PyTorch and CUDA, sam3 and its
+tokenizer vocabulary, the base checkpoint, the data (present and valid), a writable
+output folder. Takes the same overrides as ``sam3_lora.train`` and ends with the
+command to run. Exit code 0 when training can start, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import List, Tuple
+
+from hydra import compose, initialize_config_dir
+
+from sam3_lora.train import CONF_DIR
+
+Check = Tuple[str, bool, str]  # (what, ok, detail)
+
+
+def _python() -> Check:
+    ok = (3, 10) <= sys.version_info[:2] <= (3, 12)
+    return "Python 3.10-3.12", ok, platform.python_version()
+
+
+def _torch() -> List[Check]:
+    import torch
+
+    checks = [("PyTorch", True, torch.__version__)]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        bf16 = torch.cuda.is_bf16_supported()
+        checks.append(("CUDA", True, f"{torch.cuda.device_count()} GPU(s): {names}; bf16 {'yes' if bf16 else 'no'}"))
+    else:
+        checks.append(("CUDA", True, "not available: CPU only (fine for the tiny model; the full model wants a GPU)"))
+    try:
+        import torchvision
+        from torchvision.ops import nms
+
+        nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+        checks.append(("torchvision ops", True, torchvision.__version__))
+    except Exception as e:  # noqa: BLE001 - report whatever broke
+        checks.append(("torchvision ops", False, f"{e}; reinstall torch and torchvision together from the index"))
+    return checks
+
+
+def _sam3() -> List[Check]:
+    try:
+        version = metadata.version("sam3")
+    except metadata.PackageNotFoundError:
+        return [("sam3", False, "not installed: pip install -e .")]
+    from sam3_lora.models.builders import default_bpe_path
+
+    try:
+        bpe = default_bpe_path()
+        return [("sam3", version == "0.1.4", f"{version} (0.1.4 expected)"), ("BPE vocabulary", True, bpe)]
+    except FileNotFoundError as e:
+        return [("sam3", True, version), ("BPE vocabulary", False, str(e))]
+
+
+def _checkpoint(cfg) -> Check:
+    from sam3_lora.models.builders import BaseCheckpointError, resolve_checkpoint
+
+    if cfg.model.name != "sam3":
+        return "base checkpoint", True, f"model={cfg.model.name} builds its own weights"
+    if cfg.model.get("random_init"):
+        return "base checkpoint", True, "random_init=true (no weights)"
+    if cfg.model.load_from_hub:
+        return "base checkpoint", True, "downloaded from the hub at start (needs network and a licence)"
+    try:
+        path = resolve_checkpoint(cfg.model.checkpoint_path, False)
+        size = Path(path).stat().st_size / 1e9
+        return "base checkpoint", True, f"{path} ({size:.1f} GB)"
+    except BaseCheckpointError as e:
+        return "base checkpoint", False, str(e)
+
+
+def _data(cfg) -> List[Check]:
+    from sam3_lora.data.validate import validate_split
+
+    if cfg.dataset.get("generate"):
+        return [("data", True, f"toy shapes, generated at {cfg.dataset.root} on first use")]
+    checks = []
+    for split in ("train", "valid", "test"):
+        spec = cfg.dataset[split]
+        if not Path(spec.ann_file).is_file():
+            checks.append((f"data: {split}", split != "train", f"{spec.ann_file} not found"
+                           + (" (needed)" if split == "train" else " (optional)")))
+            continue
+        report, _ = validate_split(spec.ann_file, spec.img_folder, check_images=cfg.dataset.validate.check_images)
+        detail = f"{report.num_images} images, {report.num_annotations} annotations"
+        if report.errors:
+            detail += "; problems:\n" + report.summary()
+        elif report.repaired:
+            detail += f"; {sum(report.repaired.values())} annotations will be repaired or skipped"
+        checks.append((f"data: {split}", not report.errors, detail))
+    return checks
+
+
+def _outputs() -> Check:
+    out = Path("outputs")
+    try:
+        out.mkdir(exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+        return "outputs/ writable", True, str(out.resolve())
+    except OSError as e:
+        return "outputs/ writable", False, str(e)
+
+
+def main(argv=None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    checks = [_python(), *_torch(), *_sam3(), _checkpoint(cfg), *_data(cfg), _outputs()]
+    for what, ok, detail in checks:
+        print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
+    ready = all(ok for _, ok, _ in checks)
+    command = "python -m sam3_lora.train " + " ".join(overrides)
+    print(f"\nready: {command.strip()}" if ready else "\nnot ready: fix the FAIL lines above, then run this again")
+    return 0 if ready else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
