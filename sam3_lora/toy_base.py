@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam3_lora.checkpoint import atomic_save
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.loggers import Loggers
 from sam3_lora.loss import build_sam3_loss
 from sam3_lora.models import build_model
+from sam3_lora.models.builders import save_sam3_checkpoint
 from sam3_lora.optim import warmup_cosine
 from sam3_lora.trainer import Trainer, TrainerConfig
 
@@ -65,7 +65,7 @@ def ensure_toy_base(cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: 
             save_weights=lambda m, tag: None,
         )
         trainer.fit()
-    atomic_save({"model": {f"detector.{k}": v for k, v in model.state_dict().items()}, "recipe": recipe}, path)
+    save_sam3_checkpoint(model, path, recipe=recipe)
     return path
 
 

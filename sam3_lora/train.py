@@ -32,7 +32,7 @@ from sam3_lora.loggers import build_loggers
 from sam3_lora.lora import AdapterError, LoraConfigError, count_trainable, inject_lora, parameter_summary, save_adapter
 from sam3_lora.loss import build_sam3_loss
 from sam3_lora.models import BaseCheckpointError
-from sam3_lora.models.builders import resolve_checkpoint
+from sam3_lora.models.builders import resolve_checkpoint, save_sam3_checkpoint
 from sam3_lora.trainer import Evaluator, NonFiniteLossError, Trainer, TrainerConfig, resolve_device
 
 log = logging.getLogger("sam3_lora.train")
@@ -138,7 +138,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
         log.info("no LoRA configured: fine-tuning every weight")
 
         def save(m, tag):  # sam3.pt layout, loadable as model.checkpoint_path
-            ckpt.atomic_save({"model": {f"detector.{k}": v for k, v in m.state_dict().items()}}, run_dir / f"model_{tag}.pt")
+            save_sam3_checkpoint(m, run_dir / f"model_{tag}.pt")
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
 
     train_ds = build_dataset(

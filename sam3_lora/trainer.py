@@ -121,6 +121,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.best: Optional[float] = None
         self.improved = False
+        self.bad_steps = 0  # consecutive non-finite losses, across epoch boundaries
         self.history: list = []
         self._apply_activation_checkpointing()
 
@@ -197,7 +198,7 @@ class Trainer:
     def train_epoch(self) -> None:
         self.model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
-        accum, bad_steps = self.cfg.grad_accum, 0
+        accum = self.cfg.grad_accum
         window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
         # A live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it.
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
@@ -209,16 +210,17 @@ class Trainer:
                 losses = compute_loss(self.model, self.loss_fn, batch)
             loss = core_loss(losses)
             if not torch.isfinite(loss):
-                bad_steps += 1
+                self.bad_steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, i, bad_steps)
-                if bad_steps >= self.cfg.max_bad_steps:
+                log.warning("non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, i,
+                            self.bad_steps)
+                if self.bad_steps >= self.cfg.max_bad_steps:
                     raise NonFiniteLossError(
-                        f"loss was NaN/inf for {bad_steps} consecutive batches at step {self.step}. The last good "
+                        f"loss was NaN/inf for {self.bad_steps} consecutive batches at step {self.step}. The last good "
                         f"checkpoint is in {self.ckpt_dir}. Try a lower optimizer.lr, trainer.clip_grad=0.1, or trainer.amp=off."
                     )
                 continue
-            bad_steps = 0
+            self.bad_steps = 0
             self.scaler.scale(loss / accum).backward()
             window["loss"] += loss.item()
             window["images"] += len(batch.img_batch)

@@ -323,6 +323,15 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
         raise BaseCheckpointError(f"{checkpoint_path} does not fit model '{getattr(model, 'image_size', '?')} px': {e}") from e
 
 
+def save_sam3_checkpoint(model: nn.Module, path, **extra) -> Path:
+    """Write full weights in sam3.pt's layout (image model under ``detector.``), atomically,
+    so ``load_base_checkpoint`` and ``model.checkpoint_path`` take them."""
+    from sam3_lora.checkpoint import atomic_save
+
+    state = {f"detector.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_save({"model": state, **extra}, Path(path))
+
+
 def build_model(name: str, checkpoint_path: Optional[str] = None, overrides: Optional[dict] = None, **kwargs) -> nn.Module:
     """Entry used by the ``model`` config group: ``sam3`` or a named size."""
     if name == "sam3":
