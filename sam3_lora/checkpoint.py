@@ -18,12 +18,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from sam3_lora.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or does not belong to this run."""
 
 

@@ -18,13 +18,15 @@ from torch import nn
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _postprocessor(max_dets: int):
+def _postprocessor(max_dets: int, score_threshold: float = -1.0):
+    """sam3's own postprocessor: boxes and RLE masks at the original image size, scores
+    including the presence head, labels = the queried category id."""
     from sam3.eval.postprocessors import PostProcessImage
 
     return PostProcessImage(
         max_dets_per_img=max_dets, iou_type="segm", to_cpu=True, use_original_ids=True,
         use_original_sizes_box=True, use_original_sizes_mask=True, convert_mask_to_rle=True,
-        always_interpolate_masks_on_gpu=False, use_presence=True,
+        always_interpolate_masks_on_gpu=False, use_presence=True, detection_threshold=score_threshold,
     )
 
 
@@ -42,11 +44,11 @@ def _to_coco(results: Dict[int, dict]) -> List[dict]:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, device: torch.device, max_dets: int = 100,
-            autocast: contextlib.AbstractContextManager = None) -> List[dict]:
+            autocast: contextlib.AbstractContextManager = None, score_threshold: float = -1.0) -> List[dict]:
     """COCO-format detections (with RLE masks) for every image the batches cover."""
     from sam3.model.utils.misc import copy_data_to_device
 
-    post = _postprocessor(max_dets)
+    post = _postprocessor(max_dets, score_threshold)
     was_training = model.training
     model.eval()
     detections: List[dict] = []
@@ -62,23 +64,38 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device, max_dets:
     return detections
 
 
-def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")) -> Dict[str, float]:
-    """``{"bbox/AP": ..., "segm/AP50": ...}`` from COCOeval; zeros when nothing was detected."""
+def coco_evaluate(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")):
+    """COCOeval per IoU type: ``({"bbox/AP": ...}, {"bbox": {category name: AP}})``.
+
+    A stat is -1 where COCOeval has no ground truth to score it (e.g. no small objects);
+    with no detections at all every stat is 0.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     metrics: Dict[str, float] = {}
+    per_category: Dict[str, Dict[str, float]] = {}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ann_file)
+        names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
         for iou_type in iou_types:
             if not detections:
                 metrics.update({f"{iou_type}/{n}": 0.0 for n in STAT_NAMES})
+                per_category[iou_type] = {name: 0.0 for name in names.values()}
                 continue
-            dt = gt.loadRes([dict(d) for d in detections])
-            ev = COCOeval(gt, dt, iou_type)
+            ev = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), iou_type)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-            # -1 where COCOeval has no ground truth to score (e.g. no small objects).
             metrics.update({f"{iou_type}/{n}": float(v) for n, v in zip(STAT_NAMES, ev.stats)})
-    return metrics
+            # precision: [IoU thresholds, recall points, categories, area ranges, max dets]
+            precision = ev.eval["precision"][:, :, :, 0, -1]
+            per_category[iou_type] = {}
+            for k, cat_id in enumerate(ev.params.catIds):
+                p = precision[:, :, k]
+                per_category[iou_type][names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return metrics, per_category
+
+
+def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")) -> Dict[str, float]:
+    return coco_evaluate(ann_file, detections, iou_types)[0]

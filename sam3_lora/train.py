@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -24,16 +23,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora import checkpoint as ckpt
-from sam3_lora.checkpoint import CheckpointError
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
-from sam3_lora.data.validate import DataValidationError, validate_and_clean
+from sam3_lora.data.validate import validate_and_clean
+from sam3_lora.errors import UserError, exit_on_user_error
 from sam3_lora.loggers import build_loggers
-from sam3_lora.lora import AdapterError, LoraConfigError, count_trainable, inject_lora, parameter_summary, save_adapter
+from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
 from sam3_lora.loss import build_sam3_loss
 from sam3_lora.models import BaseCheckpointError
 from sam3_lora.models.builders import resolve_checkpoint, save_sam3_checkpoint
-from sam3_lora.trainer import Evaluator, NonFiniteLossError, Trainer, TrainerConfig, resolve_device
+from sam3_lora.trainer import Evaluator, Trainer, TrainerConfig, resolve_device
 
 log = logging.getLogger("sam3_lora.train")
 
@@ -75,7 +74,7 @@ def prepare_data(cfg: DictConfig, run_dir: Path) -> Splits:
     return Splits(**out)
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     """Things missing before any work starts (all listed at once)."""
 
 
@@ -96,11 +95,6 @@ def preflight(cfg: DictConfig) -> None:
         )
     if problems:
         raise PreflightError("cannot start:\n- " + "\n- ".join(problems))
-
-
-# Errors in the user's config or files: reported as one clear message, exit code 2.
-USER_ERRORS = (PreflightError, BaseCheckpointError, LoraConfigError, AdapterError, DataValidationError, CheckpointError,
-               NonFiniteLossError)
 
 
 def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
@@ -193,28 +187,11 @@ def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Pat
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        summary = run(cfg, run_dir, run_name=hydra_cfg.job.override_dirname)
-    except Exception as e:  # noqa: BLE001 - user errors are reported without a traceback
-        cause = _user_error(e)
-        if cause is None:
-            raise
-        log.error("%s", cause)
-        sys.exit(2)
+    summary = run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname)
     return summary["best_val"]  # the sweep objective
-
-
-def _user_error(e: BaseException):
-    """The configuration or input error behind ``e`` (Hydra wraps errors raised while
-    instantiating), or None for a genuine bug that deserves its traceback."""
-    while e is not None:
-        if isinstance(e, USER_ERRORS):
-            return e
-        e = e.__cause__
-    return None
 
 
 if __name__ == "__main__":

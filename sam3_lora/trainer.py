@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sam3_lora import checkpoint as ckpt
+from sam3_lora.errors import UserError
 from sam3_lora.evaluation import coco_metrics, predict
 from sam3_lora.loggers import Loggers
 from sam3_lora.loss import compute_loss, core_loss
@@ -27,7 +28,7 @@ from sam3_lora.loss import compute_loss, core_loss
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss stayed NaN/inf for several consecutive steps."""
 
 

@@ -50,3 +50,15 @@ def tiny_run_overrides(toy_root, *extra):
         "trainer.batch_size=4", "trainer.num_workers=0", "trainer.log_every=1", "trainer.max_epochs=2",
         "optimizer.lr=3e-3", *extra,
     ]
+
+
+def train_in_process(overrides, run_dir):
+    """`python -m sam3_lora.train` without the subprocess: Hydra's saved config, then the run."""
+    from omegaconf import OmegaConf
+
+    from sam3_lora.train import run
+
+    cfg = compose_train(overrides)
+    (Path(run_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, Path(run_dir) / ".hydra" / "config.yaml")
+    return run(cfg, Path(run_dir))

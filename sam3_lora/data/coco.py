@@ -8,7 +8,9 @@ of every image, so false positives on absent categories count against AP.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,19 +105,20 @@ def build_dataset(split: Split, resolution: int, training: bool, num_hard_negati
         loader = functools.partial(HardNegativeCocoLoader, num_hard_negatives=num_hard_negatives)
     else:
         loader = functools.partial(COCO_FROM_JSON, include_negatives=True, category_chunk_size=category_chunk_size)
-    return Sam3ImageDataset(
-        img_folder=split.img_folder,
-        ann_file=split.ann_file,
-        transforms=build_transforms(resolution, training, hflip, scale_min, max_ann_per_img),
-        max_ann_per_img=max_ann_per_img if training else 10**6,
-        multiplier=1,
-        training=training,
-        load_segmentation=training,
-        max_train_queries=10**6,
-        max_val_queries=10**6,
-        use_caching=False,
-        coco_json_loader=loader,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # sam3 prints "Raw dataset length = N"
+        return Sam3ImageDataset(
+            img_folder=split.img_folder,
+            ann_file=split.ann_file,
+            transforms=build_transforms(resolution, training, hflip, scale_min, max_ann_per_img),
+            max_ann_per_img=max_ann_per_img if training else 10**6,
+            multiplier=1,
+            training=training,
+            load_segmentation=training,
+            max_train_queries=10**6,
+            max_val_queries=10**6,
+            use_caching=False,
+            coco_json_loader=loader,
+        )
 
 
 def collate(batch, with_masks: bool = True):

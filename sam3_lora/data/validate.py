@@ -22,10 +22,12 @@ from typing import Dict, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
+from sam3_lora.errors import UserError
+
 MAX_LISTED = 10  # per kind of problem; the count says how many more
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """The dataset has problems that stop training; the message lists them."""
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sam3_lora.errors import UserError
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, inject_lora
 
@@ -28,7 +29,7 @@ FORMAT = "sam3_lora.adapter"
 FORMAT_VERSION = "1"
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """An adapter file that is unreadable, not an adapter, or does not fit the model."""
 
 

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from sam3_lora.errors import UserError
+
 # The seeds' target vocabulary. q/k/v are row slices of SAM3's packed projections.
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")
 TARGET_ALIASES = {"all": TARGETS}
@@ -23,7 +25,7 @@ PARTS = {
 PART_ALIASES = {"all": tuple(PARTS)}
 
 
-class LoraConfigError(ValueError):
+class LoraConfigError(UserError, ValueError):
     """A LoRA setting that cannot work; the message lists the valid choices."""
 
 

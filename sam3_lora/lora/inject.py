@@ -137,3 +137,20 @@ def parameter_summary(model: nn.Module) -> str:
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's weights with every update folded in, under the stock module names:
+    what a plain SAM3 built without sam3_lora loads. The model is left unmerged."""
+    merge_lora(model)
+    try:
+        lora_ids = {id(p) for p in lora_parameters(model)}
+        names = {id(p): n for n, p in model.named_parameters() if id(p) in lora_ids}
+        state = {
+            stock_name(k): v.detach().clone()
+            for k, v in model.state_dict(keep_vars=True).items()
+            if id(v) not in names
+        }
+    finally:
+        unmerge_lora(model)
+    return state

@@ -20,12 +20,13 @@ from torch import nn
 
 from sam3_lora.loss import hungarian_matcher
 from sam3_lora import cpu_compat
+from sam3_lora.errors import UserError
 
 HF_REPO = "facebook/sam3"
 HF_CHECKPOINT = "sam3.pt"
 
 
-class BaseCheckpointError(ValueError):
+class BaseCheckpointError(UserError, ValueError):
     """The base (sam3.pt) checkpoint is missing, unreadable, or not a SAM3 checkpoint."""
 
 

@@ -1,0 +1,39 @@
+"""The one error base the command-line entry points report without a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Optional
+
+
+class UserError(Exception):
+    """A problem with the user's config, files or data. Entry points log its message
+    (which names the file, field and fix) and exit with code 2."""
+
+
+def find_user_error(e: Optional[BaseException]) -> Optional[UserError]:
+    """``e`` or its cause chain's UserError (Hydra wraps errors raised while instantiating)."""
+    while e is not None:
+        if isinstance(e, UserError):
+            return e
+        e = e.__cause__
+    return None
+
+
+def exit_on_user_error(fn):
+    """Decorator for entry points: a UserError becomes one logged message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - anything else keeps its traceback
+            cause = find_user_error(e)
+            if cause is None:
+                raise
+            logging.getLogger("sam3_lora").error("%s", cause)
+            sys.exit(2)
+
+    return wrapper

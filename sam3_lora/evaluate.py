@@ -1,0 +1,84 @@
+"""``python -m sam3_lora.evaluate``: COCO bbox and segm AP of a tuned (or base) model on a split.
+
+Reports AP, AP50, AP75 and AP for small / medium / large objects, overall and per
+category, from pycocotools' COCOeval; writes ``eval_<split>[_base].json`` and a readable
+``.txt`` table beside the run (or adapter), and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict
+
+import hydra
+from omegaconf import DictConfig
+
+from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.errors import UserError, exit_on_user_error
+from sam3_lora.evaluation import coco_evaluate, predict
+from sam3_lora.train import CONF_DIR
+from sam3_lora.trainer import resolve_device
+from sam3_lora.tuned import load_tuned
+
+log = logging.getLogger("sam3_lora.evaluate")
+
+HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class SplitError(UserError, ValueError):
+    """The requested split is not configured or its annotation file is missing."""
+
+
+def _split(dataset_cfg: DictConfig, name: str) -> Split:
+    spec = dataset_cfg.get(name) if dataset_cfg is not None else None
+    if spec is None or not Path(spec.ann_file).is_file():
+        where = spec.ann_file if spec is not None else f"dataset.{name}"
+        raise SplitError(f"split '{name}' has no annotation file ({where}); pass split=valid or dataset.{name}.ann_file=...")
+    return Split(spec.ann_file, spec.img_folder)
+
+
+def table(title: str, metrics: Dict[str, float], per_category: Dict[str, Dict[str, float]]) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:7.3f}" if v >= 0 else "      -"
+
+    lines = [title, f"{'':<10}" + "".join(f"{h:>7}" for h in HEADLINE)]
+    for iou in ("bbox", "segm"):
+        lines.append(f"{iou:<10}" + "".join(fmt(metrics[f'{iou}/{h}']) for h in HEADLINE))
+    lines += ["", f"{'category':<24}{'bbox AP':>9}{'segm AP':>9}"]
+    for name in per_category["bbox"]:
+        lines.append(f"{name:<24}{fmt(per_category['bbox'][name]):>9}{fmt(per_category['segm'][name]):>9}")
+    lines.append("('-': no ground truth of that kind in the split)")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    tuned = load_tuned(cfg)
+    split = _split(tuned.dataset_cfg, cfg.split)
+    device = resolve_device(cfg.device)
+    dataset = build_dataset(split, tuned.model.image_size, training=False,
+                            category_chunk_size=tuned.dataset_cfg.get("eval_category_chunk"))
+    detections = predict(tuned.model.to(device), build_loader(dataset, cfg.batch_size, False, cfg.num_workers),
+                         device, cfg.max_dets)
+    metrics, per_category = coco_evaluate(split.ann_file, detections)
+    result = {"model": tuned.describe(), "split": cfg.split, "ann_file": split.ann_file, "metrics": metrics,
+              "per_category": per_category, "num_detections": len(detections)}
+    out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))
+    stem = f"eval_{cfg.split}{'_base' if tuned.adapter is None else ''}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = table(f"{tuned.describe()} on '{cfg.split}' ({split.ann_file})", metrics, per_category)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{stem}.txt").write_text(text + "\n")
+    log.info("\n%s\nwritten: %s", text, out_dir / f"{stem}.json")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""``python -m sam3_lora.predict``: text-prompted instance segmentation on your images.
+
+For an image, a folder or a glob, and one or more text prompts, writes an overlay PNG per
+image (masks, boxes, prompt and score) and ``predictions.coco.json``: a COCO dataset whose
+categories are the prompts and whose annotations carry RLE masks, boxes and scores
+(``pycocotools.coco.COCO`` loads it). Every input is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import glob
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw, UnidentifiedImageError
+from pycocotools import mask as mask_util
+
+from sam3_lora.data.coco import build_transforms, collate
+from sam3_lora.errors import UserError, exit_on_user_error
+from sam3_lora.evaluation import predict
+from sam3_lora.train import CONF_DIR
+from sam3_lora.trainer import resolve_device
+from sam3_lora.tuned import load_tuned, output_dir
+
+log = logging.getLogger("sam3_lora.predict")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class PredictError(UserError, ValueError):
+    """Inputs to predict that cannot be used (no images, undecodable images, no prompts)."""
+
+
+def collect_images(spec: str) -> List[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+        found = [path]
+    else:
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise PredictError(f"images={spec}: no image files there (an image, a folder or a glob; {sorted(IMAGE_SUFFIXES)})")
+    return found
+
+
+def load_images(paths: Sequence[Path]) -> List[Image.Image]:
+    images, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            bad.append(f"{p}: {e}")
+    if bad:
+        raise PredictError("these images cannot be decoded (nothing was written):\n  " + "\n  ".join(bad))
+    return images
+
+
+def _datapoint(image: Image.Image, prompts: Sequence[str], image_id: int):
+    from sam3.train.data.sam3_image_dataset import Datapoint, FindQueryLoaded, InferenceMetadata
+    from sam3.train.data.sam3_image_dataset import Image as Sam3Image
+
+    h, w = image.height, image.width
+    queries = [
+        FindQueryLoaded(
+            query_text=prompt, image_id=0, object_ids_output=[], is_exhaustive=True,
+            inference_metadata=InferenceMetadata(
+                coco_image_id=image_id, original_image_id=image_id, original_category_id=k + 1,
+                original_size=(h, w), object_id=-1, frame_index=-1,
+            ),
+        )
+        for k, prompt in enumerate(prompts)
+    ]
+    return Datapoint(find_queries=queries, images=[Sam3Image(data=image, objects=[], size=(h, w))])
+
+
+def batches(images: Sequence[Image.Image], prompts: Sequence[str], resolution: int, batch_size: int):
+    """sam3 batches asking every prompt of every image, preprocessed as for evaluation."""
+    transforms = build_transforms(resolution, training=False)
+    points = []
+    for i, image in enumerate(images):
+        dp = _datapoint(image, prompts, i)
+        for t in transforms:
+            dp = t(dp)
+        points.append(dp)
+        if len(points) == batch_size:
+            yield collate(points, with_masks=False)
+            points = []
+    if points:
+        yield collate(points, with_masks=False)
+
+
+def _colour(k: int) -> tuple:
+    r, g, b = colorsys.hsv_to_rgb((k * 0.618) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def overlay(image: Image.Image, detections: List[dict], prompts: Sequence[str]) -> Image.Image:
+    """Masks blended in each prompt's colour, boxes, and 'prompt score' labels."""
+    canvas = np.asarray(image, dtype=np.float32).copy()
+    for d in detections:
+        m = mask_util.decode(d["segmentation"]).astype(bool)
+        canvas[m] = 0.5 * canvas[m] + 0.5 * np.array(_colour(d["category_id"] - 1), dtype=np.float32)
+    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for d in detections:
+        x, y, w, h = d["bbox"]
+        colour = _colour(d["category_id"] - 1)
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+        label = f"{prompts[d['category_id'] - 1]} {d['score']:.2f}"
+        tw = draw.textlength(label)
+        draw.rectangle([x, max(y - 12, 0), x + tw + 4, max(y - 12, 0) + 12], fill=colour)
+        draw.text((x + 2, max(y - 12, 0)), label, fill=(0, 0, 0))
+    return out
+
+
+def coco_result(paths: Sequence[Path], images: Sequence[Image.Image], detections: List[dict],
+                prompts: Sequence[str]) -> Dict:
+    annotations = []
+    for i, d in enumerate(detections, start=1):
+        rle = dict(d["segmentation"])
+        annotations.append({
+            "id": i, "image_id": d["image_id"] + 1, "category_id": d["category_id"], "score": d["score"],
+            "bbox": [round(v, 2) for v in d["bbox"]], "area": float(mask_util.area(rle)),
+            "segmentation": rle, "iscrowd": 0,
+        })
+    return {
+        "info": {"description": "sam3_lora predictions"},
+        "images": [{"id": i + 1, "file_name": str(p), "width": im.width, "height": im.height}
+                   for i, (p, im) in enumerate(zip(paths, images))],
+        "categories": [{"id": k + 1, "name": p} for k, p in enumerate(prompts)],
+        "annotations": annotations,
+    }
+
+
+def _prompts(cfg: DictConfig, tuned) -> List[str]:
+    if cfg.prompts:
+        return [str(p) for p in cfg.prompts]
+    if tuned.dataset_cfg is not None and Path(tuned.dataset_cfg.train.ann_file).is_file():
+        cats = json.loads(Path(tuned.dataset_cfg.train.ann_file).read_text())["categories"]
+        return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+    raise PredictError("no prompts: pass prompts=[...] (e.g. prompts=[person,'hard hat'])")
+
+
+def run(cfg: DictConfig) -> Path:
+    paths = collect_images(cfg.images)
+    images = load_images(paths)
+    tuned = load_tuned(cfg)
+    prompts = _prompts(cfg, tuned)
+    device = resolve_device(cfg.device)
+    detections = predict(tuned.model.to(device), batches(images, prompts, tuned.model.image_size, cfg.batch_size),
+                         device, cfg.max_dets, score_threshold=cfg.score_threshold)
+    # Everything checked and computed: only now touch the output folder.
+    out = output_dir(cfg.output, cfg.overwrite)
+    by_image: Dict[int, List[dict]] = {}
+    for d in detections:
+        by_image.setdefault(d["image_id"], []).append(d)
+    for i, (path, image) in enumerate(zip(paths, images)):
+        overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
+    (out / "predictions.coco.json").write_text(json.dumps(coco_result(paths, images, detections, prompts)))
+    log.info("%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s", tuned.describe(),
+             len(detections), len(images), prompts, cfg.score_threshold, out)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
