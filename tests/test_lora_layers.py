@@ -89,6 +89,8 @@ def _mha_cases():
     yield "key_padding_mask", nn.MultiheadAttention(32, 4), {"kpm": True}
     yield "float_attn_mask_3d", MultiheadAttentionWrapper(32, 4), {"mask3d": True}
     yield "bool_attn_mask_2d", nn.MultiheadAttention(32, 4, batch_first=True), {"mask2d": True}
+    yield "self_attention_qkv_same", MultiheadAttentionWrapper(32, 4, batch_first=True), {"same": "qkv"}
+    yield "self_attention_qk_same_kpm", nn.MultiheadAttention(32, 4), {"same": "qk", "kpm": True}
 
 
 @pytest.mark.parametrize("name,mha,opts", list(_mha_cases()), ids=[c[0] for c in _mha_cases()])
@@ -100,6 +102,10 @@ def test_lora_mha_matches_stock_with_merged_weights(name, mha, opts, need_weight
     bf = mha.batch_first
     shape = (lambda n: (N, n, E)) if bf else (lambda n: (n, N, E))
     q, k, v = torch.randn(shape(L)), torch.randn(shape(S)), torch.randn(shape(S))
+    if opts.get("same"):  # self-attention: the module sees the very same tensor object twice or thrice
+        L = S
+        q = k = torch.randn(shape(S))
+        v = q if opts["same"] == "qkv" else v
     kw = {"need_weights": need_weights}
     if opts.get("kpm"):
         kw["key_padding_mask"] = torch.rand(N, S) > 0.7

@@ -14,7 +14,7 @@ inference; ``unmerge()`` takes them out again.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,11 @@ QKV = ("q", "k", "v")
 
 
 class LoraDelta(nn.Module):
-    """One low-rank update ``ΔW = scale · B @ A`` of an ``out × in`` weight."""
+    """One low-rank update ``ΔW = scale · B @ A`` of an ``out × in`` weight.
+
+    Holds the parameters; the layers below apply it (``add_packed_delta``), batching the
+    updates that share an input.
+    """
 
     def __init__(
         self,
@@ -48,12 +52,35 @@ class LoraDelta(nn.Module):
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
-        return (F.linear(h, self.lora_B) * self.scale).to(x.dtype)
-
     def delta_weight(self) -> Tensor:
         return (self.lora_B @ self.lora_A) * self.scale
+
+
+def add_packed_delta(out: Tensor, x: Tensor, parts: List[Tuple[int, int, LoraDelta]]) -> Tensor:
+    """``out`` plus the updates of several row slices of one packed weight, each added to
+    its own columns of ``out`` (the base projection of ``x``).
+
+    The slices share their input, so their A matrices are applied in one matmul (and one
+    dropout mask, as a single update over the packed weight would have). A single update
+    over every column is added by one fused multiply-add.
+    """
+    deltas = [d for _, _, d in parts]
+    first = deltas[0]
+    A = first.lora_A if len(deltas) == 1 else torch.cat([d.lora_A for d in deltas])
+    h = F.linear(first.dropout(x.to(A.dtype)), A)
+    width = out.shape[-1]
+    if len(parts) == 1 and parts[0][:2] == (0, width) and out.dtype == h.dtype:
+        flat = torch.addmm(out.reshape(-1, width), h.reshape(-1, first.rank), first.lora_B.t(), alpha=first.scale)
+        return flat.view(out.shape)
+    pieces, cursor = [], 0
+    for (start, stop, d), hi in zip(parts, h.split(first.rank, dim=-1)):
+        if start > cursor:
+            pieces.append(hi.new_zeros(*hi.shape[:-1], start - cursor))
+        pieces.append(F.linear(hi, d.lora_B) * d.scale)
+        cursor = stop
+    if cursor < width:
+        pieces.append(h.new_zeros(*h.shape[:-1], width - cursor))
+    return out + (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)).to(out.dtype)
 
 
 def _add_to_weight(weight: Tensor, rows: slice, delta: LoraDelta, sign: float) -> None:
@@ -94,20 +121,8 @@ class LoraLinear(nn.Module):
         out = self.base_layer(x)
         if self.merged:
             return out
-        return out + self._packed_delta(x, out.shape[-1])
-
-    def _packed_delta(self, x: Tensor, out_features: int) -> Tensor:
-        """The updates of all slices laid side by side, zeros where no slice is adapted."""
-        pieces, cursor = [], 0
-        for name, (start, stop) in self.slices.items():
-            delta = self.lora[name](x)
-            if start > cursor:
-                pieces.append(delta.new_zeros(*delta.shape[:-1], start - cursor))
-            pieces.append(delta)
-            cursor = stop
-        if cursor < out_features:
-            pieces.append(pieces[-1].new_zeros(*pieces[-1].shape[:-1], out_features - cursor))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+        parts = [(start, stop, self.lora[name]) for name, (start, stop) in self.slices.items()]
+        return add_packed_delta(out, x, parts)
 
     def merge(self) -> None:
         if not self.merged:
@@ -123,6 +138,15 @@ class LoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"slices={self.slices}, merged={self.merged}"
+
+
+def _map_keeping_identity(fn, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``fn`` on each input, with inputs that were the same tensor still the same tensor
+    afterwards (so self-attention keeps its single packed projection)."""
+    q = fn(query)
+    k = q if key is query else fn(key)
+    v = k if value is key else (q if value is query else fn(value))
+    return q, k, v
 
 
 def _forces_no_weights(mha: nn.MultiheadAttention) -> bool:
@@ -201,12 +225,28 @@ class LoraMultiheadAttention(nn.Module):
                 _add_to_weight(self.base_layer.in_proj_weight, self._slice_rows(name), delta, -1)
         self.merged = False
 
-    def _project(self, x: Tensor, name: str) -> Tensor:
-        mha = self.base_layer
-        rows = self._slice_rows(name)
-        bias = mha.in_proj_bias[rows] if mha.in_proj_bias is not None else None
-        y = F.linear(x, mha.in_proj_weight[rows], bias)
-        return y + self.lora[name](x) if name in self.lora else y
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """q, k and v, each input projected once: like the stock module, roles that share an
+        input tensor (self-attention) share one matmul over their rows of ``in_proj_weight``."""
+        mha, e = self.base_layer, self.base_layer.embed_dim
+        inputs = {"q": query, "k": key, "v": value}
+        groups: List[List[str]] = []
+        for role in QKV:  # consecutive roles with the same input tensor form one group
+            if groups and inputs[groups[-1][-1]] is inputs[role]:
+                groups[-1].append(role)
+            else:
+                groups.append([role])
+        out: Dict[str, Tensor] = {}
+        for roles in groups:
+            x = inputs[roles[0]]
+            rows = slice(QKV.index(roles[0]) * e, (QKV.index(roles[-1]) + 1) * e)
+            bias = mha.in_proj_bias[rows] if mha.in_proj_bias is not None else None
+            y = F.linear(x, mha.in_proj_weight[rows], bias)
+            parts = [(i * e, (i + 1) * e, self.lora[r]) for i, r in enumerate(roles) if r in self.lora]
+            if parts:
+                y = add_packed_delta(y, x, parts)
+            out.update(zip(roles, y.split(e, dim=-1)))
+        return out["q"], out["k"], out["v"]
 
     def forward(
         self,
@@ -228,9 +268,9 @@ class LoraMultiheadAttention(nn.Module):
         need_weights = need_weights and not self.need_weights_forced_off
         batched = query.dim() == 3
         if mha.batch_first and batched:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+            query, key, value = _map_keeping_identity(lambda t: t.transpose(0, 1), query, key, value)
         if not batched:
-            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            query, key, value = _map_keeping_identity(lambda t: t.unsqueeze(1), query, key, value)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
 
@@ -247,13 +287,11 @@ class LoraMultiheadAttention(nn.Module):
         if key_padding_mask is not None:
             is_causal = False
 
-        q = self._project(query, "q")
-        k = self._project(key, "k")
-        v = self._project(value, "v")
+        q, k, v = self._project(query, key, value)
         src_len = k.shape[0]
-        q = q.view(tgt_len, bsz * heads, head_dim).transpose(0, 1)
-        k = k.view(src_len, bsz * heads, head_dim).transpose(0, 1)
-        v = v.view(src_len, bsz * heads, head_dim).transpose(0, 1)
+        q = q.reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
+        k = k.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
+        v = v.reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
 
         if attn_mask is not None and attn_mask.dim() == 2:
             attn_mask = attn_mask.unsqueeze(0)
@@ -296,7 +334,7 @@ class LoraMultiheadAttention(nn.Module):
         proj = mha.out_proj
         y = F.linear(out, proj.weight, proj.bias)
         if "out" in self.lora:
-            y = y + self.lora["out"](out)
+            y = add_packed_delta(y, out, [(0, embed_dim, self.lora["out"])])
         y = y.view(tgt_len, bsz, embed_dim)
         if not batched:
             y = y.squeeze(1)

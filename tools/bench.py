@@ -1,0 +1,349 @@
+"""Benchmark: what LoRA saves over full fine-tuning and how it compares with PEFT, in one run.
+
+    python tools/bench.py                          # the medium CPU model (default)
+    python tools/bench.py --model sam3_tiny --steps 5 --warmup 2
+    python tools/bench.py --model sam3 --batch 1   # the full 1008 px SAM3 (on a GPU)
+
+On the same model, batch and machine it measures
+* training step time (median over --steps after --warmup) and peak memory above the
+  model's own footprint (GPU: max allocated; CPU: peak RSS, sampled) for full fine-tuning,
+  each LoRA preset, balanced with ViT activation checkpointing, and Hugging Face PEFT's
+  LoRA on the same targets where PEFT can express them (nn.Linear updates);
+* inference time for the base model, LoRA unmerged and LoRA merged;
+* data-loader images/s at the trainer's default worker count against the images/s a
+  LoRA training step consumes.
+Each training setup runs in a fresh process, so memory peaks do not mix. Prints a
+Markdown table and writes JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PRESETS = ("minimal", "balanced", "full")
+# Targets PEFT can hold exactly like ours: every nn.Linear update of the balanced preset
+# (PEFT's nn.MultiheadAttention support is experimental; see sam3_lora/lora/peft_format.py).
+LINEAR_BALANCED = {"targets": ["all"], "parts": ["vision"], "rank": 8, "alpha": 16.0}
+OURS_LINEAR = "ours: LoRA r8 on the vision backbone's Linear layers (q, k, v slices of qkv)"
+PEFT_EQUAL = "PEFT: same modules, equal capacity (r24 on packed qkv, as our PEFT export)"
+PEFT_SAME_R = "PEFT: same modules, r8 on the whole qkv (fewer parameters)"
+
+
+# ----------------------------------------------------------------------------- shared setup
+def build(model_name: str):
+    from sam3_lora.models import build_model
+
+    torch.manual_seed(0)
+    if model_name == "sam3":
+        return build_model("sam3", random_init=True)
+    return build_model(model_name.removeprefix("sam3_"))
+
+
+def toy_split(root: Path):
+    from sam3_lora.data import toy
+    from sam3_lora.data.coco import Split
+
+    toy.ensure(root, "shifted", seed=0, splits={"train": 64, "valid": 0, "test": 0})
+    return Split(str(root / "train" / toy.ANNOTATIONS), str(root / "train"))
+
+
+def batches(model, split, batch_size: int, count: int):
+    from sam3_lora.data.coco import build_dataset, build_loader
+
+    loader = build_loader(build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=0)
+    out = []
+    while len(out) < count:
+        out.extend(b for b, _ in zip(loader, range(count - len(out))))
+    return out
+
+
+def lora_config(preset: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from sam3_lora.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"lora={preset}", "lora.dropout=0"])
+    return instantiate(cfg.lora, _convert_="all")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA's allocator counter, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self.base = proc.memory_info().rss
+            self.thread = threading.Thread(target=self._sample, args=(proc,), daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self, proc):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss - self.base)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self.thread.join()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- child: one training setup
+def train_setup(spec: dict) -> dict:
+    """Median step time and peak memory of one setup; run in its own process."""
+    from sam3_lora.lora import count_trainable, inject_lora
+    from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
+
+    device = torch.device(spec["device"])
+    model = build(spec["model"]).to(device).train()
+    kind = spec["kind"]
+    if kind == "lora":
+        inject_lora(model, lora_config(spec["preset"]) if "preset" in spec else _config(spec["lora"]))
+    elif kind == "peft":
+        _inject_peft(model, spec["lora"], spec.get("equal_capacity", False))
+    trunk = model.backbone.vision_backbone.trunk
+    trunk.use_act_checkpoint = spec.get("act_ckpt", False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
+    data = batches(model, toy_split(Path(spec["data"])), spec["batch"], spec["warmup"] + spec["steps"])
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    from sam3.model.utils.misc import copy_data_to_device
+
+    times = []
+    with PeakMemory(device) as mem:
+        for i, batch in enumerate(data):
+            batch = copy_data_to_device(batch, device) if device.type == "cuda" else batch
+            _sync(device)
+            t = time.perf_counter()
+            with amp:
+                loss = core_loss(compute_loss(model, loss_fn, batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _sync(device)
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - t)
+    step = statistics.median(times)
+    return {"step_s": step, "images_per_s": spec["batch"] / step, "peak_mem_mb": mem.peak / 2**20,
+            "trainable": count_trainable(model)}
+
+
+def _config(d: dict):
+    from sam3_lora.lora import LoraConfig
+
+    return LoraConfig(**{"dropout": 0.0, **d})
+
+
+def _inject_peft(model, lora: dict, equal_capacity: bool):
+    """PEFT's LoRA on exactly the nn.Linear modules our config adapts (whole-weight updates).
+
+    ``equal_capacity``: rank n*r on a packed weight whose n slices we adapt with rank r each,
+    as our exact PEFT export writes it; otherwise rank r everywhere (fewer parameters).
+    """
+    import peft
+
+    from sam3_lora.lora.layers import LoraLinear
+    from sam3_lora.lora.targets import plan_targets
+
+    plan = plan_targets(model, _config(lora))
+    targets = sorted(plan.linear)
+    r = lora["rank"]
+    ranks = {n: r * len(s) for n, s in plan.linear.items() if len(s) > 1} if equal_capacity else {}
+    alphas = {n: lora["alpha"] / r * k for n, k in ranks.items()}
+    cfg = peft.LoraConfig(r=r, lora_alpha=lora["alpha"], target_modules=targets, lora_dropout=0.0,
+                          rank_pattern=ranks, alpha_pattern=alphas)
+    peft.inject_adapter_in_model(cfg, model)
+    assert not any(isinstance(m, LoraLinear) for m in model.modules())
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n)
+
+
+# ----------------------------------------------------------------------------- parent: inference and data
+def inference(model_name: str, device, batch_size: int, warmup: int, steps: int, data_root: Path) -> dict:
+    """Forward time of the base, LoRA unmerged and LoRA merged, interleaved round by round so
+    that drift in the machine's speed hits all three alike."""
+    import copy
+
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from sam3_lora.lora import LoraDelta, inject_lora, merge_lora, unmerge_lora
+
+    base = build(model_name).to(device).eval()
+    lora = copy.deepcopy(base)
+    inject_lora(lora, lora_config("balanced"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero updates, as after training
+        for m in lora.modules():
+            if isinstance(m, LoraDelta):
+                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g).to(m.lora_B) * 0.01)
+    lora.eval()
+    data = batches(base, toy_split(data_root), batch_size, 1)
+    batch = copy_data_to_device(data[0], device) if device.type == "cuda" else data[0]
+
+    def once(model) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            model(batch)
+        _sync(device)
+        return time.perf_counter() - t
+
+    for model in (base, lora):
+        for _ in range(warmup):
+            once(model)
+    times = {"base_s": [], "unmerged_s": [], "merged_s": []}
+    for _ in range(steps):
+        times["base_s"].append(once(base))
+        times["unmerged_s"].append(once(lora))
+        merge_lora(lora)
+        times["merged_s"].append(once(lora))
+        unmerge_lora(lora)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_root: Path, batches_n: int = 24) -> float:
+    from sam3_lora.data.coco import build_dataset, build_loader
+
+    size = 1008 if model_name == "sam3" else build(model_name).image_size
+    ds = build_dataset(toy_split(data_root), size, training=True)
+    loader = build_loader(ds, batch_size, True, num_workers=num_workers)
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    t = time.perf_counter()
+    n = 0
+    for _ in range(batches_n):
+        try:
+            n += len(next(it).img_batch)
+        except StopIteration:
+            loader.sampler.set_epoch(1)
+            it = iter(loader)
+    return n / (time.perf_counter() - t)
+
+
+def _child(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"setup {spec['name']} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine(device) -> str:
+    import psutil
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, bf16 autocast)"
+    return (f"CPU: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="sam3_medium", choices=["sam3_tiny", "sam3_medium", "sam3"])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="setups run round-robin this many times; each keeps its best round's median (noise guard)")
+    ap.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the trainer's)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--data", default=str(Path.home() / ".cache" / "sam3_lora" / "bench_toy"))
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(train_setup(json.loads(args.child))))
+        return
+
+    from sam3_lora.trainer import TrainerConfig
+
+    workers = TrainerConfig().num_workers if args.workers is None else args.workers
+    device = torch.device(args.device)
+    common = {"model": args.model, "device": args.device, "batch": args.batch, "steps": args.steps,
+              "warmup": args.warmup, "data": args.data}
+    setups = [{"name": "full fine-tuning", "kind": "full"}]
+    setups += [{"name": f"LoRA {p}", "kind": "lora", "preset": p} for p in PRESETS]
+    setups += [{"name": "LoRA balanced + ViT act. ckpt", "kind": "lora", "preset": "balanced", "act_ckpt": True}]
+    setups += [{"name": OURS_LINEAR, "kind": "lora", "lora": LINEAR_BALANCED},
+               {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
+               {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED}]
+    toy_split(Path(args.data))  # generate once, before the children
+    results = {"machine": machine(device), "model": args.model, "batch": args.batch, "rounds": args.rounds,
+               "steps": args.steps, "train": {}}
+    for round_ in range(args.rounds):
+        for s in setups:
+            r = _child({**common, **s})
+            best = results["train"].get(s["name"])
+            if best is None or r["step_s"] < best["step_s"]:
+                results["train"][s["name"]] = {**r, "peak_mem_mb": max(r["peak_mem_mb"], (best or r)["peak_mem_mb"])}
+            print(f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
+                  file=sys.stderr)
+    results["inference"] = inference(args.model, device, args.batch, args.warmup, args.steps, Path(args.data))
+    results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
+    results["data_workers"] = workers
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def report(r: dict) -> str:
+    t = r["train"]
+    full = t["full fine-tuning"]
+    lines = [f"**{r['model']}**, batch {r['batch']}, {r['machine']}; step = best of {r['rounds']} rounds' "
+             f"median over {r['steps']} steps", "",
+             "| training setup | trainable | step (median) | vs full FT | images/s | peak memory above model | vs full FT |",
+             "|---|---|---|---|---|---|---|"]
+    for name, x in t.items():
+        lines.append(f"| {name} | {x['trainable']:,} | {x['step_s'] * 1000:.0f} ms | {x['step_s'] / full['step_s']:.2f}x "
+                     f"| {x['images_per_s']:.1f} | {x['peak_mem_mb']:.0f} MB | {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x |")
+    i = r["inference"]
+    ours = t[OURS_LINEAR]["step_s"]
+    lora_rate = t["LoRA balanced"]["images_per_s"]
+    lines += ["", "| inference (forward, no grad) | time | vs base |", "|---|---|---|"]
+    for name, key in (("base model", "base_s"), ("LoRA balanced, unmerged", "unmerged_s"), ("LoRA balanced, merged", "merged_s")):
+        lines.append(f"| {name} | {i[key] * 1000:.0f} ms | {i[key] / i['base_s']:.3f}x |")
+    lines += ["", f"- LoRA balanced step / full fine-tuning step: **{t['LoRA balanced']['step_s'] / full['step_s']:.2f}x**"
+              f" (target <= 0.75); peak memory {t['LoRA balanced']['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x",
+              f"- ours / PEFT step on the same Linear modules: **{ours / t[PEFT_EQUAL]['step_s']:.2f}x** at equal capacity, "
+              f"{ours / t[PEFT_SAME_R]['step_s']:.2f}x against PEFT's single r8 on qkv (target <= 1)",
+              f"- inference unmerged / base: **{i['unmerged_s'] / i['base_s']:.3f}x** (target <= 1.05); "
+              f"merged / base: **{i['merged_s'] / i['base_s']:.3f}x**",
+              f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced training "
+              f"{lora_rate:.1f} images/s: **{r['data_images_per_s'] / lora_rate:.1f}x** (target >= 3)"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
