@@ -88,8 +88,10 @@ class Loggers:
             b.finish()
 
 
-def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool) -> Loggers:
-    """``cfg`` is the ``logger`` config group: ``tensorboard`` and ``wandb`` blocks, each null or enabled."""
+def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool,
+                  default_group: Optional[str] = None) -> Loggers:
+    """``cfg`` is the ``logger`` config group: ``tensorboard`` and ``wandb`` blocks, each null or enabled.
+    ``default_group``: the wandb group when the config names none (a sweep's directory)."""
     if not is_main:
         return Loggers([])
     backends: List[Any] = []
@@ -98,7 +100,7 @@ def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_
     if cfg.get("wandb"):
         w = cfg.wandb
         backends.append(
-            WandbLogger(run_dir, config, project=w.project, name=w.name or run_name, group=w.group,
+            WandbLogger(run_dir, config, project=w.project, name=w.name or run_name, group=w.group or default_group,
                         tags=list(w.tags or []), mode=w.mode, entity=w.get("entity"))
         )
     return Loggers(backends)

@@ -56,9 +56,12 @@ def build_sam3_loss(
     )
 
 
-def compute_loss(model: nn.Module, loss_fn: nn.Module, batch) -> dict:
-    """One forward and the loss dict; ``out["core_loss"]`` is what to backpropagate."""
-    find_stages = model(batch)
+def compute_loss(model: nn.Module, loss_fn: nn.Module, batch, forward: nn.Module = None) -> dict:
+    """One forward and the loss dict; ``out["core_loss"]`` is what to backpropagate.
+
+    ``forward``: the module to run (e.g. the DDP wrapper of ``model``); default ``model``.
+    """
+    find_stages = (forward or model)(batch)
     targets = [model.back_convert(t) for t in batch.find_targets]
     return loss_fn(find_stages, targets)
 

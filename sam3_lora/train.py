@@ -19,13 +19,16 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora import checkpoint as ckpt
+from sam3_lora import distributed
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.data.validate import validate_and_clean
+from sam3_lora.distributed import DistInfo
 from sam3_lora.errors import UserError, exit_on_user_error
 from sam3_lora.loggers import build_loggers
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
@@ -97,17 +100,37 @@ def preflight(cfg: DictConfig) -> None:
         raise PreflightError("cannot start:\n- " + "\n- ".join(problems))
 
 
-def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
+def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optional[str] = None) -> Dict:
+    """Train as configured. Under torchrun or SLURM tasks every process calls this; rank 0
+    prepares data, evaluates, logs and writes, the others train their shard."""
     preflight(cfg)
+    info = distributed.init_distributed()
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _run(cfg, Path(run_dir), run_name, sweep_group, info)
+    finally:
+        distributed.shutdown(info)
+
+
+def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[str], info: DistInfo) -> Dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     tcfg: TrainerConfig = instantiate(cfg.trainer)
-    splits = prepare_data(cfg.dataset, run_dir)
+    if info.is_main:  # generate / validate once; the others read what rank 0 wrote
+        splits = prepare_data(cfg.dataset, run_dir)
+    distributed.barrier(info)
+    if not info.is_main:
+        splits = prepare_data(cfg.dataset, run_dir)
     model = instantiate(cfg.model)
     base_name = cfg.model.name
     image_size, num_queries = model.image_size, model.transformer.decoder.num_queries
     heldout = splits.test or splits.valid
     heldout_name = "test" if splits.test else "valid"
+    device = resolve_device(tcfg.device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)  # one GPU per process
+    tcfg.device = str(device)
 
     def evaluator(split: Split) -> Evaluator:
         ds = build_dataset(split, image_size, training=False, category_chunk_size=cfg.dataset.eval_category_chunk)
@@ -115,11 +138,11 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
 
     results: Dict[str, Dict[str, float]] = {}
     base_file = run_dir / "base_metrics.json"
-    if cfg.final_eval.compare_base and heldout is not None:
+    if cfg.final_eval.compare_base and heldout is not None and info.is_main:
         if base_file.is_file():  # a resumed run: the base was scored before training started
             results["base"] = json.loads(base_file.read_text())
         else:
-            results["base"] = evaluator(heldout)(model.to(resolve_device(tcfg.device)), resolve_device(tcfg.device))
+            results["base"] = evaluator(heldout)(model.to(device), device)
             base_file.write_text(json.dumps(results["base"]))
 
     if cfg.lora:
@@ -140,18 +163,25 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
         max_ann_per_img=cfg.dataset.max_ann_per_img, hflip=cfg.dataset.augment.hflip,
         scale_min=cfg.dataset.augment.scale_min,
     )
-    train_loader = build_loader(train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed)
+    train_loader = build_loader(train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed,
+                                world_size=info.world_size, rank=info.rank)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    loggers = build_loggers(cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=True)
+    loggers = build_loggers(cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=info.is_main,
+                            default_group=sweep_group)
+    # Across ranks the box count is all-reduced, so every rank's loss is normalised alike.
+    loss_fn = build_sam3_loss(num_queries, normalization="global" if info.enabled else "local")
     trainer = Trainer(
-        model=model, loss_fn=build_sam3_loss(num_queries), make_optimizer=instantiate(cfg.optimizer),
+        model=model, loss_fn=loss_fn, make_optimizer=instantiate(cfg.optimizer),
         make_scheduler=instantiate(cfg.scheduler), train_loader=train_loader,
         evaluator=evaluator(splits.valid) if splits.valid else None, loggers=loggers, run_dir=run_dir, cfg=tcfg,
-        save_weights=save,
+        save_weights=save, dist_info=info,
     )
-    log.info("effective batch %d (batch_size %d x grad_accum %d), lr %g, %d optimizer steps",
-             tcfg.batch_size * tcfg.grad_accum, tcfg.batch_size, tcfg.grad_accum, cfg.optimizer.lr, trainer.total_steps)
+    log.info("effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
+             tcfg.batch_size * tcfg.grad_accum * info.world_size, tcfg.batch_size, tcfg.grad_accum, info.world_size,
+             cfg.optimizer.lr, trainer.total_steps)
     fit = trainer.fit()
+    if not info.is_main:
+        return {"results": {}, "best_val": fit["best"]}
 
     if heldout is not None:
         best = run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
@@ -161,9 +191,12 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "") -> Dict:
     summary = {
         "heldout_split": heldout_name, "results": results, "wall_time_s": fit["wall_time_s"],
         "trainable_parameters": count_trainable(model), "best_val": fit["best"],
+        "images_per_s": fit["images_per_s"], "peak_memory_gb": fit["peak_memory_gb"],
+        "world_size": info.world_size, "overrides": run_name,
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
-    hparams = {"lora": config_dict.get("lora") or {}, "lr": cfg.optimizer.lr, "batch": tcfg.batch_size * tcfg.grad_accum}
+    hparams = {"lora": config_dict.get("lora") or {}, "lr": cfg.optimizer.lr,
+               "batch": tcfg.batch_size * tcfg.grad_accum * info.world_size}
     final = results.get("lora") or results.get("finetuned") or {}
     loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
     loggers.finish()
@@ -190,7 +223,9 @@ def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Pat
 @exit_on_user_error
 def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
-    summary = run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname)
+    # The runs of one sweep share a wandb group: the sweep's directory.
+    group = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else None
+    summary = run(cfg, Path(hydra_cfg.runtime.output_dir), run_name=hydra_cfg.job.override_dirname, sweep_group=group)
     return summary["best_val"]  # the sweep objective
 
 

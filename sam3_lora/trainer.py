@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sam3_lora import checkpoint as ckpt
+from sam3_lora import distributed
+from sam3_lora.distributed import DistInfo
 from sam3_lora.errors import UserError
 from sam3_lora.evaluation import coco_metrics, predict
 from sam3_lora.loggers import Loggers
@@ -30,6 +33,15 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss stayed NaN/inf for several consecutive steps."""
+
+
+class Preempted(UserError, RuntimeError):
+    """A stop signal arrived (SLURM time limit, preemption, scancel); the state was saved."""
+
+
+# SLURM's warning before a time limit or preemption (submitit uses USR2, plain sbatch
+# --signal often USR1) and the SIGTERM that precedes a kill.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 
 @dataclass
@@ -96,7 +108,7 @@ class Trainer:
         run_dir: Path,
         cfg: TrainerConfig,
         save_weights: Callable[[nn.Module, str], None],
-        is_main: bool = True,
+        dist_info: DistInfo = DistInfo(),
     ):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -117,9 +129,22 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / ckpt.CHECKPOINT_DIR
         self.save_weights = save_weights  # (model, "best" | "last"): the shippable adapter or weights
-        self.is_main = is_main
+        self.dist = dist_info
+        self.is_main = dist_info.is_main
+        # DDP all-reduces the trainable parameters' gradients; LoRA-only training leaves no
+        # trainable parameter without a gradient, so unused-parameter search stays off.
+        self.forward_module = self.model
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self.forward_module = DDP(self.model, device_ids=ids, find_unused_parameters=False)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
+        self.batches_done = 0  # batches of the current epoch already trained (after a mid-epoch save)
+        self.stop_signal: Optional[int] = None
+        self.images_seen, self.train_time = 0, 0.0  # this process's throughput, this session
+        self._previous_handlers: Dict[int, object] = {}
         self.best: Optional[float] = None
         self.improved = False
         self.bad_steps = 0  # consecutive non-finite losses, across epoch boundaries
@@ -148,6 +173,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "epoch": self.epoch,
             "step": self.step,
+            "batches_done": self.batches_done,
             "best": self.best,
             "history": self.history,
         }
@@ -163,15 +189,18 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.batches_done = state.get("batches_done", 0)
         self.history = state.get("history", [])
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+        log.info("resumed from %s at epoch %d (+%d batches), step %d", path, self.epoch, self.batches_done, self.step)
         return path
 
-    def save(self, metrics: Optional[Dict[str, float]]) -> None:
+    def save(self, metrics: Optional[Dict[str, float]], mid_epoch: bool = False) -> None:
         if not self.is_main:
             return
         state = self.state()
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
+        if mid_epoch:
+            return
         if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
             ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch:04d}.pt")
         if metrics is not None and self.improved:
@@ -183,32 +212,88 @@ class Trainer:
     def fit(self) -> Dict[str, float]:
         self.resume()
         start = time.time()
+        self._install_signal_handlers()
+        try:
+            self._epochs()
+        finally:
+            self._restore_signal_handlers()
+        if not distributed.replicas_in_sync(self.params, self.dist):
+            raise RuntimeError("DDP replicas diverged: trainable weights differ across ranks")
+        if self.dist.enabled:
+            log.info("DDP: trainable weights identical on all %d ranks", self.dist.world_size)
+        train_time = max(self.train_time, 1e-9)
+        return {"wall_time_s": time.time() - start, "best": self.best,
+                "images_per_s": self.images_seen * self.dist.world_size / train_time, "peak_memory_gb": peak_memory_gb(self.device)}
+
+    def _epochs(self) -> None:
         while self.epoch < self.cfg.max_epochs and not self._step_budget_spent():
             self.train_epoch()
             self.epoch += 1
+            self.batches_done = 0
             metrics = None
             last = self.epoch == self.cfg.max_epochs or self._step_budget_spent()
             if self.evaluator is not None and (self.epoch % self.cfg.eval_every == 0 or last):
-                metrics = self.evaluate()
+                metrics = self.evaluate() if self.is_main else None
+                distributed.barrier(self.dist)
             self.save(metrics)
-        return {"wall_time_s": time.time() - start, "best": self.best}
+
+    # ---------------------------------------------------------------- preemption
+    def _install_signal_handlers(self) -> None:
+        def record(signum, frame):  # act at the next step boundary, where the state is consistent
+            self.stop_signal = signum
+
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, record)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
+
+    def _stop_for_signal(self) -> None:
+        """Save where we are, hand over to whoever else wanted the signal (submitit requeues
+        the job from its handler), and stop."""
+        signum = self.stop_signal or signal.SIGTERM
+        self.save(None, mid_epoch=True)
+        distributed.barrier(self.dist)
+        name = signal.Signals(signum).name
+        log.warning("%s received: saved epoch %d + %d batches (step %d) to %s", name, self.epoch, self.batches_done,
+                    self.step, self.ckpt_dir / ckpt.LAST)
+        previous = self._previous_handlers.get(signum)
+        self._restore_signal_handlers()
+        if callable(previous):
+            previous(signum, None)
+        raise Preempted(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; the state is saved in "
+                        f"{self.ckpt_dir / ckpt.LAST}. Run the same command with hydra.run.dir={self.run_dir} to resume.")
 
     def _step_budget_spent(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
 
     def train_epoch(self) -> None:
+        started = time.time()
+        try:
+            self._train_epoch()
+        finally:
+            self.train_time += time.time() - started
+
+    def _train_epoch(self) -> None:
         self.model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_loader.sampler.skip_next(self.batches_done * self.cfg.batch_size)  # resuming mid-epoch
         accum = self.cfg.grad_accum
         window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
         # A live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it.
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
                    disable=True if not self.is_main else None, leave=False, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=self.batches_done):
             batch = _to_device(batch, self.device)
-            with self.autocast():
-                losses = compute_loss(self.model, self.loss_fn, batch)
+            syncing = (i + 1) % accum == 0 or not self.dist.enabled
+            with self.autocast(), (contextlib.nullcontext() if syncing else self.forward_module.no_sync()):
+                losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
             loss = core_loss(losses)
             if not torch.isfinite(loss):
                 self.bad_steps += 1
@@ -222,9 +307,11 @@ class Trainer:
                     )
                 continue
             self.bad_steps = 0
-            self.scaler.scale(loss / accum).backward()
+            with contextlib.nullcontext() if syncing else self.forward_module.no_sync():
+                self.scaler.scale(loss / accum).backward()
             window["loss"] += loss.item()
             window["images"] += len(batch.img_batch)
+            self.images_seen += len(batch.img_batch)
             window["batches"] += 1
             if (i + 1) % accum:
                 continue
@@ -236,9 +323,12 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.batches_done = i + 1
             if self.step % self.cfg.log_every == 0 or self._step_budget_spent():
                 self._log_window(window, losses, bar)
                 window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
+            if distributed.any_rank(self.stop_signal is not None, self.dist):
+                self._stop_for_signal()
             if self._step_budget_spent():
                 break
 
@@ -251,12 +341,7 @@ class Trainer:
             "train/epoch": self.epoch + 1,
         }
         metrics.update({f"train/{k}": v.detach().item() for k, v in losses.items() if k.startswith("loss_") and "aux" not in k})
-        if self.device.type == "cuda":
-            metrics["train/max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        else:
-            import psutil
-
-            metrics["train/rss_gb"] = psutil.Process().memory_info().rss / 2**30
+        metrics["train/peak_memory_gb"] = peak_memory_gb(self.device)
         bar.set_postfix(loss=f"{metrics['train/loss']:.2f}", lr=f"{metrics['train/lr']:.1e}",
                         img_s=f"{metrics['train/images_per_s']:.1f}")
         log.info("step %d epoch %d loss %.3f lr %.2e %.1f img/s", self.step, self.epoch + 1, metrics["train/loss"],
@@ -278,6 +363,15 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
         return metrics
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _to_device(batch, device: torch.device):

@@ -127,6 +127,24 @@ def collate(batch, with_masks: bool = True):
     return collate_fn_api(batch, dict_key=COLLATE_KEY, with_seg_masks=with_masks)[COLLATE_KEY]
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start its next epoch part-way through (after a mid-epoch
+    checkpoint), yielding exactly the samples the interrupted epoch had not reached."""
+
+    skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        self.skip = samples
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.skip:]
+        self.skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def build_loader(dataset: Dataset, batch_size: int, training: bool, num_workers: int = 0, seed: int = 0,
                  world_size: int = 1, rank: int = 0) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): call ``loader.sampler.set_epoch``.
@@ -135,7 +153,7 @@ def build_loader(dataset: Dataset, batch_size: int, training: bool, num_workers:
     are re-created each epoch and seeded from torch's RNG, which checkpoints save, so a
     resumed run draws the same augmentations as an uninterrupted one.
     """
-    sampler = DistributedSampler(
+    sampler = ResumableSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=training, seed=seed, drop_last=training
     )
     return DataLoader(

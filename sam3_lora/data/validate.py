@@ -15,6 +15,7 @@ annotations are written into the run directory and used instead of the original.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,5 +191,7 @@ def validate_and_clean(ann_file, img_folder, out_dir: Path, split: str, check_im
         return str(ann_file), report
     out = Path(out_dir) / f"{split}_cleaned.coco.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cleaned))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: other ranks may be reading it
+    tmp.write_text(json.dumps(cleaned))
+    os.replace(tmp, out)
     return str(out), report
