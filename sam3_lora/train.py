@@ -230,4 +230,8 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the function from the imported module, not from __main__: the submitit launchers
+    # pickle the task function, and only a module-level one pickles by reference.
+    from sam3_lora.train import main as task
+
+    task()
