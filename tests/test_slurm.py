@@ -81,6 +81,18 @@ def test_preempted_job_requeues_and_finishes_like_an_uninterrupted_run(slurm, to
         time.sleep(0.1)
     assert last is not None, "the job never checkpointed"
     slurm.run("scancel", "--signal=USR2", job)  # what SLURM sends before a time limit or preemption
+    # SLURM holds a requeued job for a while (reason BeginTime); release it so the test need not wait.
+    requeued = False
+    for _ in range(600):
+        state = slurm.run("squeue", "-h", "-j", job, "-o", "%T %r").strip()
+        if state.startswith("PENDING") and "BeginTime" in state:
+            slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+            requeued = True
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert requeued, "the job was not requeued after the preemption signal"
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     run = run_dirs()[0]
