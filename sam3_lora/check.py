@@ -87,8 +87,13 @@ def _data(cfg) -> List[Check]:
     for split in ("train", "valid", "test"):
         spec = cfg.dataset[split]
         if not Path(spec.ann_file).is_file():
-            checks.append((f"data: {split}", split != "train", f"{spec.ann_file} not found"
-                           + (" (needed)" if split == "train" else " (optional)")))
+            checks.append(
+                (
+                    f"data: {split}",
+                    split != "train",
+                    f"{spec.ann_file} not found" + (" (needed)" if split == "train" else " (optional)"),
+                )
+            )
             continue
         report, _ = validate_split(spec.ann_file, spec.img_folder, check_images=cfg.dataset.validate.check_images)
         detail = f"{report.num_images} images, {report.num_annotations} annotations"

@@ -80,8 +80,10 @@ def load_trainable_state(model: torch.nn.Module, state: Dict[str, torch.Tensor],
     with torch.no_grad():
         for name, value in state.items():
             if params[name].shape != value.shape:
-                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(value.shape)}, "
-                                      f"the model expects {tuple(params[name].shape)}")
+                raise CheckpointError(
+                    f"checkpoint {path}: {name} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(params[name].shape)}"
+                )
             params[name].copy_(value)
 
 
@@ -102,4 +104,6 @@ def load(path: Path) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to start over or resume from another") from e
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({e}); delete it to start over or resume from another"
+        ) from e

@@ -35,7 +35,9 @@ def _split(dataset_cfg: DictConfig, name: str) -> Split:
     spec = dataset_cfg.get(name) if dataset_cfg is not None else None
     if spec is None or not Path(spec.ann_file).is_file():
         where = spec.ann_file if spec is not None else f"dataset.{name}"
-        raise SplitError(f"split '{name}' has no annotation file ({where}); pass split=valid or dataset.{name}.ann_file=...")
+        raise SplitError(
+            f"split '{name}' has no annotation file ({where}); pass split=valid or dataset.{name}.ann_file=..."
+        )
     return Split(spec.ann_file, spec.img_folder)
 
 
@@ -45,7 +47,7 @@ def table(title: str, metrics: Dict[str, float], per_category: Dict[str, Dict[st
 
     lines = [title, f"{'':<10}" + "".join(f"{h:>7}" for h in HEADLINE)]
     for iou in ("bbox", "segm"):
-        lines.append(f"{iou:<10}" + "".join(fmt(metrics[f'{iou}/{h}']) for h in HEADLINE))
+        lines.append(f"{iou:<10}" + "".join(fmt(metrics[f"{iou}/{h}"]) for h in HEADLINE))
     lines += ["", f"{'category':<24}{'bbox AP':>9}{'segm AP':>9}"]
     for name in per_category["bbox"]:
         lines.append(f"{name:<24}{fmt(per_category['bbox'][name]):>9}{fmt(per_category['segm'][name]):>9}")
@@ -57,13 +59,21 @@ def evaluate(cfg: DictConfig) -> dict:
     tuned = load_tuned(cfg)
     split = _split(tuned.dataset_cfg, cfg.split)
     device = resolve_device(cfg.device)
-    dataset = build_dataset(split, tuned.model.image_size, training=False,
-                            category_chunk_size=tuned.dataset_cfg.get("eval_category_chunk"))
-    detections = predict(tuned.model.to(device), build_loader(dataset, cfg.batch_size, False, cfg.num_workers),
-                         device, cfg.max_dets)
+    dataset = build_dataset(
+        split, tuned.model.image_size, training=False, category_chunk_size=tuned.dataset_cfg.get("eval_category_chunk")
+    )
+    detections = predict(
+        tuned.model.to(device), build_loader(dataset, cfg.batch_size, False, cfg.num_workers), device, cfg.max_dets
+    )
     metrics, per_category = coco_evaluate(split.ann_file, detections)
-    result = {"model": tuned.describe(), "split": cfg.split, "ann_file": split.ann_file, "metrics": metrics,
-              "per_category": per_category, "num_detections": len(detections)}
+    result = {
+        "model": tuned.describe(),
+        "split": cfg.split,
+        "ann_file": split.ann_file,
+        "metrics": metrics,
+        "per_category": per_category,
+        "num_detections": len(detections),
+    }
     out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))
     stem = f"eval_{cfg.split}{'_base' if tuned.adapter is None else ''}"
     out_dir.mkdir(parents=True, exist_ok=True)

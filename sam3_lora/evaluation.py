@@ -24,9 +24,16 @@ def _postprocessor(max_dets: int, score_threshold: float = -1.0):
     from sam3.eval.postprocessors import PostProcessImage
 
     return PostProcessImage(
-        max_dets_per_img=max_dets, iou_type="segm", to_cpu=True, use_original_ids=True,
-        use_original_sizes_box=True, use_original_sizes_mask=True, convert_mask_to_rle=True,
-        always_interpolate_masks_on_gpu=False, use_presence=True, detection_threshold=score_threshold,
+        max_dets_per_img=max_dets,
+        iou_type="segm",
+        to_cpu=True,
+        use_original_ids=True,
+        use_original_sizes_box=True,
+        use_original_sizes_mask=True,
+        convert_mask_to_rle=True,
+        always_interpolate_masks_on_gpu=False,
+        use_presence=True,
+        detection_threshold=score_threshold,
     )
 
 
@@ -34,17 +41,30 @@ def _to_coco(results: Dict[int, dict]) -> List[dict]:
     detections = []
     for image_id, r in results.items():
         boxes = r["boxes"].tolist()
-        for (x0, y0, x1, y1), score, label, rle in zip(boxes, r["scores"].tolist(), r["labels"].tolist(), r["masks_rle"]):
-            detections.append({
-                "image_id": int(image_id), "category_id": int(label), "score": float(score),
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle,
-            })
+        for (x0, y0, x1, y1), score, label, rle in zip(
+            boxes, r["scores"].tolist(), r["labels"].tolist(), r["masks_rle"]
+        ):
+            detections.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label),
+                    "score": float(score),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "segmentation": rle,
+                }
+            )
     return detections
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, device: torch.device, max_dets: int = 100,
-            autocast: contextlib.AbstractContextManager = None, score_threshold: float = -1.0) -> List[dict]:
+def predict(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    max_dets: int = 100,
+    autocast: contextlib.AbstractContextManager = None,
+    score_threshold: float = -1.0,
+) -> List[dict]:
     """COCO-format detections (with RLE masks) for every image the batches cover."""
     from sam3.model.utils.misc import copy_data_to_device
 

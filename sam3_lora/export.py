@@ -44,9 +44,17 @@ def export(cfg: DictConfig) -> Path:
         from sam3_lora.checkpoint import atomic_save
 
         state = {f"detector.{k}": v for k, v in merged_state_dict(tuned.model).items()}
-        atomic_save({"model": state, "sam3_lora": {"merged_from": str(tuned.adapter), "base_model": tuned.model_cfg.name}}, out)
-        log.info("merged %s into %s (%.1f MB); load it with sam3.model_builder.build_sam3_image_model("
-                 "checkpoint_path='%s', load_from_HF=False)", tuned.adapter, out, out.stat().st_size / 1e6, out)
+        atomic_save(
+            {"model": state, "sam3_lora": {"merged_from": str(tuned.adapter), "base_model": tuned.model_cfg.name}}, out
+        )
+        log.info(
+            "merged %s into %s (%.1f MB); load it with sam3.model_builder.build_sam3_image_model("
+            "checkpoint_path='%s', load_from_HF=False)",
+            tuned.adapter,
+            out,
+            out.stat().st_size / 1e6,
+            out,
+        )
         return out
     peft_adapter(tuned.model, cfg.peft.allow_partial)  # refuses before anything is written
     left_out = save_peft_adapter(tuned.model, output_dir(out, cfg.overwrite), cfg.peft.allow_partial)

@@ -33,16 +33,33 @@ class TensorBoardLogger:
 
 
 class WandbLogger:
-    def __init__(self, run_dir: Path, config: Dict[str, Any], project: str, name: Optional[str], group: Optional[str],
-                 tags: List[str], mode: str, entity: Optional[str] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Dict[str, Any],
+        project: str,
+        name: Optional[str],
+        group: Optional[str],
+        tags: List[str],
+        mode: str,
+        entity: Optional[str] = None,
+    ):
         import wandb
 
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.run = wandb.init(
-            project=project, entity=entity, name=name, group=group, tags=list(tags), config=config,
-            dir=str(run_dir), id=run_id, resume="allow", mode=mode,
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=list(tags),
+            config=config,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            mode=mode,
         )
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
@@ -88,8 +105,9 @@ class Loggers:
             b.finish()
 
 
-def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool,
-                  default_group: Optional[str] = None) -> Loggers:
+def build_loggers(
+    cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool, default_group: Optional[str] = None
+) -> Loggers:
     """``cfg`` is the ``logger`` config group: ``tensorboard`` and ``wandb`` blocks, each null or enabled.
     ``default_group``: the wandb group when the config names none (a sweep's directory)."""
     if not is_main:
@@ -100,7 +118,15 @@ def build_loggers(cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_
     if cfg.get("wandb"):
         w = cfg.wandb
         backends.append(
-            WandbLogger(run_dir, config, project=w.project, name=w.name or run_name, group=w.group or default_group,
-                        tags=list(w.tags or []), mode=w.mode, entity=w.get("entity"))
+            WandbLogger(
+                run_dir,
+                config,
+                project=w.project,
+                name=w.name or run_name,
+                group=w.group or default_group,
+                tags=list(w.tags or []),
+                mode=w.mode,
+                entity=w.get("entity"),
+            )
         )
     return Loggers(backends)

@@ -23,9 +23,7 @@ def hungarian_matcher():
     )
 
 
-def build_sam3_loss(
-    num_queries: int, with_masks: bool = True, normalization: str = "local"
-) -> nn.Module:
+def build_sam3_loss(num_queries: int, with_masks: bool = True, normalization: str = "local") -> nn.Module:
     """``normalization="global"`` all-reduces the box count across ranks (DDP)."""
     from sam3.train.loss.loss_fns import Boxes, IABCEMdetr, Masks
     from sam3.train.loss.sam3_loss import Sam3LossWrapper
@@ -35,15 +33,25 @@ def build_sam3_loss(
     loss_fns = [
         Boxes(weight_dict={"loss_bbox": 5.0, "loss_giou": 2.0}),
         IABCEMdetr(
-            pos_weight=10.0, weight_dict={"loss_ce": 20.0, "presence_loss": 20.0}, weak_loss=False,
-            alpha=0.25, gamma=2, use_presence=True, pos_focal=False, pad_n_queries=num_queries,
+            pos_weight=10.0,
+            weight_dict={"loss_ce": 20.0, "presence_loss": 20.0},
+            weak_loss=False,
+            alpha=0.25,
+            gamma=2,
+            use_presence=True,
+            pos_focal=False,
+            pad_n_queries=num_queries,
             pad_scale_pos=1.0,
         ),
     ]
     if with_masks:
         loss_fns.append(
-            Masks(weight_dict={"loss_mask": 200.0, "loss_dice": 10.0}, focal_alpha=0.25, focal_gamma=2.0,
-                  compute_aux=False)
+            Masks(
+                weight_dict={"loss_mask": 200.0, "loss_dice": 10.0},
+                focal_alpha=0.25,
+                focal_gamma=2.0,
+                compute_aux=False,
+            )
         )
     return Sam3LossWrapper(
         loss_fns_find=loss_fns,

@@ -56,16 +56,30 @@ def _warmup(warmup_steps: int, warmup_ratio: float, total_steps: int) -> int:
     return warmup_steps if warmup_steps else int(warmup_ratio * total_steps)
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.05,
-                  min_lr_ratio: float = 0.01) -> LambdaLR:
-    return LambdaLR(optimizer, WarmupCosine(_warmup(warmup_steps, warmup_ratio, total_steps), total_steps, min_lr_ratio))
+def warmup_cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_ratio: float = 0.05,
+    min_lr_ratio: float = 0.01,
+) -> LambdaLR:
+    return LambdaLR(
+        optimizer, WarmupCosine(_warmup(warmup_steps, warmup_ratio, total_steps), total_steps, min_lr_ratio)
+    )
 
 
 def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.0) -> LambdaLR:
     return LambdaLR(optimizer, WarmupConstant(_warmup(warmup_steps, warmup_ratio, total_steps)))
 
 
-def step(optimizer: Optimizer, total_steps: int, milestones=(0.66, 0.9), gamma: float = 0.1, warmup_steps: int = 0,
-         warmup_ratio: float = 0.0) -> LambdaLR:
-    return LambdaLR(optimizer, WarmupStep(_warmup(warmup_steps, warmup_ratio, total_steps), total_steps,
-                                          tuple(milestones), gamma))
+def step(
+    optimizer: Optimizer,
+    total_steps: int,
+    milestones=(0.66, 0.9),
+    gamma: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_ratio: float = 0.0,
+) -> LambdaLR:
+    return LambdaLR(
+        optimizer, WarmupStep(_warmup(warmup_steps, warmup_ratio, total_steps), total_steps, tuple(milestones), gamma)
+    )

@@ -17,7 +17,6 @@ from typing import Dict, List, Sequence
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from pycocotools import mask as mask_util
@@ -47,7 +46,9 @@ def collect_images(spec: str) -> List[Path]:
     else:
         found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise PredictError(f"images={spec}: no image files there (an image, a folder or a glob; {sorted(IMAGE_SUFFIXES)})")
+        raise PredictError(
+            f"images={spec}: no image files there (an image, a folder or a glob; {sorted(IMAGE_SUFFIXES)})"
+        )
     return found
 
 
@@ -71,10 +72,17 @@ def _datapoint(image: Image.Image, prompts: Sequence[str], image_id: int):
     h, w = image.height, image.width
     queries = [
         FindQueryLoaded(
-            query_text=prompt, image_id=0, object_ids_output=[], is_exhaustive=True,
+            query_text=prompt,
+            image_id=0,
+            object_ids_output=[],
+            is_exhaustive=True,
             inference_metadata=InferenceMetadata(
-                coco_image_id=image_id, original_image_id=image_id, original_category_id=k + 1,
-                original_size=(h, w), object_id=-1, frame_index=-1,
+                coco_image_id=image_id,
+                original_image_id=image_id,
+                original_category_id=k + 1,
+                original_size=(h, w),
+                object_id=-1,
+                frame_index=-1,
             ),
         )
         for k, prompt in enumerate(prompts)
@@ -122,20 +130,30 @@ def overlay(image: Image.Image, detections: List[dict], prompts: Sequence[str]) 
     return out
 
 
-def coco_result(paths: Sequence[Path], images: Sequence[Image.Image], detections: List[dict],
-                prompts: Sequence[str]) -> Dict:
+def coco_result(
+    paths: Sequence[Path], images: Sequence[Image.Image], detections: List[dict], prompts: Sequence[str]
+) -> Dict:
     annotations = []
     for i, d in enumerate(detections, start=1):
         rle = dict(d["segmentation"])
-        annotations.append({
-            "id": i, "image_id": d["image_id"] + 1, "category_id": d["category_id"], "score": d["score"],
-            "bbox": [round(v, 2) for v in d["bbox"]], "area": float(mask_util.area(rle)),
-            "segmentation": rle, "iscrowd": 0,
-        })
+        annotations.append(
+            {
+                "id": i,
+                "image_id": d["image_id"] + 1,
+                "category_id": d["category_id"],
+                "score": d["score"],
+                "bbox": [round(v, 2) for v in d["bbox"]],
+                "area": float(mask_util.area(rle)),
+                "segmentation": rle,
+                "iscrowd": 0,
+            }
+        )
     return {
         "info": {"description": "sam3_lora predictions"},
-        "images": [{"id": i + 1, "file_name": str(p), "width": im.width, "height": im.height}
-                   for i, (p, im) in enumerate(zip(paths, images))],
+        "images": [
+            {"id": i + 1, "file_name": str(p), "width": im.width, "height": im.height}
+            for i, (p, im) in enumerate(zip(paths, images))
+        ],
         "categories": [{"id": k + 1, "name": p} for k, p in enumerate(prompts)],
         "annotations": annotations,
     }
@@ -156,8 +174,13 @@ def run(cfg: DictConfig) -> Path:
     tuned = load_tuned(cfg)
     prompts = _prompts(cfg, tuned)
     device = resolve_device(cfg.device)
-    detections = predict(tuned.model.to(device), batches(images, prompts, tuned.model.image_size, cfg.batch_size),
-                         device, cfg.max_dets, score_threshold=cfg.score_threshold)
+    detections = predict(
+        tuned.model.to(device),
+        batches(images, prompts, tuned.model.image_size, cfg.batch_size),
+        device,
+        cfg.max_dets,
+        score_threshold=cfg.score_threshold,
+    )
     # Everything checked and computed: only now touch the output folder.
     out = output_dir(cfg.output, cfg.overwrite)
     by_image: Dict[int, List[dict]] = {}
@@ -166,8 +189,15 @@ def run(cfg: DictConfig) -> Path:
     for i, (path, image) in enumerate(zip(paths, images)):
         overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
     (out / "predictions.coco.json").write_text(json.dumps(coco_result(paths, images, detections, prompts)))
-    log.info("%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s", tuned.describe(),
-             len(detections), len(images), prompts, cfg.score_threshold, out)
+    log.info(
+        "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s",
+        tuned.describe(),
+        len(detections),
+        len(images),
+        prompts,
+        cfg.score_threshold,
+        out,
+    )
     return out
 
 

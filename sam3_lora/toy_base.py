@@ -31,12 +31,20 @@ log = logging.getLogger(__name__)
 
 
 def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int) -> dict:
-    return {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "train_images": train_images,
-            "toy_version": toy.GENERATOR_VERSION, "model": "tiny"}
+    return {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "train_images": train_images,
+        "toy_version": toy.GENERATOR_VERSION,
+        "model": "tiny",
+    }
 
 
-def ensure_toy_base(cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: int = 4, seed: int = 0,
-                    train_images: int = 200) -> Path:
+def ensure_toy_base(
+    cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: int = 4, seed: int = 0, train_images: int = 200
+) -> Path:
     """The cached checkpoint, trained first if this recipe has not been run on this machine."""
     recipe = _recipe(steps, lr, batch_size, seed, train_images)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -45,23 +53,41 @@ def ensure_toy_base(cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: 
     if path.is_file():
         return path
     log.info("pretraining the tiny SAM3 on the toy 'base' domain (%d steps; first run only, cached at %s)", steps, path)
-    data = toy.ensure(cache_dir / f"toy_base_data_{seed}", domain="base", seed=seed,
-                      splits={"train": train_images, "valid": 0, "test": 0})
+    data = toy.ensure(
+        cache_dir / f"toy_base_data_{seed}",
+        domain="base",
+        seed=seed,
+        splits={"train": train_images, "valid": 0, "test": 0},
+    )
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     model = build_model("tiny")
     split = Split(str(data / "train" / toy.ANNOTATIONS), str(data / "train"))
-    loader = build_loader(build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=1,
-                          seed=seed)
-    cfg = TrainerConfig(max_epochs=10**6, max_steps=steps, batch_size=batch_size, clip_grad=0.5, amp="off",
-                        log_every=100, auto_resume=False, device="cpu")
+    loader = build_loader(
+        build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=1, seed=seed
+    )
+    cfg = TrainerConfig(
+        max_epochs=10**6,
+        max_steps=steps,
+        batch_size=batch_size,
+        clip_grad=0.5,
+        amp="off",
+        log_every=100,
+        auto_resume=False,
+        device="cpu",
+    )
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
-            model=model, loss_fn=build_sam3_loss(model.transformer.decoder.num_queries),
+            model=model,
+            loss_fn=build_sam3_loss(model.transformer.decoder.num_queries),
             make_optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05),
             make_scheduler=functools.partial(warmup_cosine, warmup_ratio=0.1, min_lr_ratio=0.01),
-            train_loader=loader, evaluator=None, loggers=Loggers([]), run_dir=Path(scratch), cfg=cfg,
+            train_loader=loader,
+            evaluator=None,
+            loggers=Loggers([]),
+            run_dir=Path(scratch),
+            cfg=cfg,
             save_weights=lambda m, tag: None,
         )
         trainer.fit()
@@ -69,8 +95,16 @@ def ensure_toy_base(cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: 
     return path
 
 
-def build_toy_base_model(name: str = "tiny_toy", cache_dir: str = "~/.cache/sam3_lora", steps: int = 1000,
-                         lr: float = 1e-3, batch_size: int = 4, seed: int = 0, train_images: int = 200, **kwargs):
+def build_toy_base_model(
+    name: str = "tiny_toy",
+    cache_dir: str = "~/.cache/sam3_lora",
+    steps: int = 1000,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+    train_images: int = 200,
+    **kwargs,
+):
     """Entry of ``model=sam3_tiny_toy``: the tiny SAM3 with the cached toy-pretrained weights."""
     path = ensure_toy_base(cache_dir, steps, lr, batch_size, seed, train_images)
     return build_model("tiny", checkpoint_path=str(path), **kwargs)

@@ -42,7 +42,6 @@ log = logging.getLogger("sam3_lora.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-
 @dataclass
 class Splits:
     train: Split
@@ -70,8 +69,9 @@ def prepare_data(cfg: DictConfig, run_dir: Path) -> Splits:
         if spec is None or (name != "train" and not Path(spec.ann_file).is_file()):
             out[name] = None
             continue
-        ann_file, report = validate_and_clean(spec.ann_file, spec.img_folder, run_dir / "data", name,
-                                              check_images=cfg.validate.check_images)
+        ann_file, report = validate_and_clean(
+            spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=cfg.validate.check_images
+        )
         log.info("data %s", report.summary())
         out[name] = Split(ann_file=ann_file, img_folder=spec.img_folder)
     return Splits(**out)
@@ -156,29 +156,49 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
 
         def save(m, tag):  # sam3.pt layout, loadable as model.checkpoint_path
             save_sam3_checkpoint(m, run_dir / f"model_{tag}.pt")
+
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
 
     train_ds = build_dataset(
-        splits.train, image_size, training=True, num_hard_negatives=cfg.dataset.num_hard_negatives,
-        max_ann_per_img=cfg.dataset.max_ann_per_img, hflip=cfg.dataset.augment.hflip,
+        splits.train,
+        image_size,
+        training=True,
+        num_hard_negatives=cfg.dataset.num_hard_negatives,
+        max_ann_per_img=cfg.dataset.max_ann_per_img,
+        hflip=cfg.dataset.augment.hflip,
         scale_min=cfg.dataset.augment.scale_min,
     )
-    train_loader = build_loader(train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed,
-                                world_size=info.world_size, rank=info.rank)
+    train_loader = build_loader(
+        train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed, world_size=info.world_size, rank=info.rank
+    )
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    loggers = build_loggers(cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=info.is_main,
-                            default_group=sweep_group)
+    loggers = build_loggers(
+        cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=info.is_main, default_group=sweep_group
+    )
     # Across ranks the box count is all-reduced, so every rank's loss is normalised alike.
     loss_fn = build_sam3_loss(num_queries, normalization="global" if info.enabled else "local")
     trainer = Trainer(
-        model=model, loss_fn=loss_fn, make_optimizer=instantiate(cfg.optimizer),
-        make_scheduler=instantiate(cfg.scheduler), train_loader=train_loader,
-        evaluator=evaluator(splits.valid) if splits.valid else None, loggers=loggers, run_dir=run_dir, cfg=tcfg,
-        save_weights=save, dist_info=info,
+        model=model,
+        loss_fn=loss_fn,
+        make_optimizer=instantiate(cfg.optimizer),
+        make_scheduler=instantiate(cfg.scheduler),
+        train_loader=train_loader,
+        evaluator=evaluator(splits.valid) if splits.valid else None,
+        loggers=loggers,
+        run_dir=run_dir,
+        cfg=tcfg,
+        save_weights=save,
+        dist_info=info,
     )
-    log.info("effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
-             tcfg.batch_size * tcfg.grad_accum * info.world_size, tcfg.batch_size, tcfg.grad_accum, info.world_size,
-             cfg.optimizer.lr, trainer.total_steps)
+    log.info(
+        "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
+        tcfg.batch_size * tcfg.grad_accum * info.world_size,
+        tcfg.batch_size,
+        tcfg.grad_accum,
+        info.world_size,
+        cfg.optimizer.lr,
+        trainer.total_steps,
+    )
     fit = trainer.fit()
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
@@ -189,14 +209,22 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
             ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
         results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
     summary = {
-        "heldout_split": heldout_name, "results": results, "wall_time_s": fit["wall_time_s"],
-        "trainable_parameters": count_trainable(model), "best_val": fit["best"],
-        "images_per_s": fit["images_per_s"], "peak_memory_gb": fit["peak_memory_gb"],
-        "world_size": info.world_size, "overrides": run_name,
+        "heldout_split": heldout_name,
+        "results": results,
+        "wall_time_s": fit["wall_time_s"],
+        "trainable_parameters": count_trainable(model),
+        "best_val": fit["best"],
+        "images_per_s": fit["images_per_s"],
+        "peak_memory_gb": fit["peak_memory_gb"],
+        "world_size": info.world_size,
+        "overrides": run_name,
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
-    hparams = {"lora": config_dict.get("lora") or {}, "lr": cfg.optimizer.lr,
-               "batch": tcfg.batch_size * tcfg.grad_accum * info.world_size}
+    hparams = {
+        "lora": config_dict.get("lora") or {},
+        "lr": cfg.optimizer.lr,
+        "batch": tcfg.batch_size * tcfg.grad_accum * info.world_size,
+    }
     final = results.get("lora") or results.get("finetuned") or {}
     loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
     loggers.finish()
@@ -208,8 +236,9 @@ def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Pat
     lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
     labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
     for key, m in results.items():
-        lines.append(f"{labels[key]:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}"
-                     f"{m['segm/AP50']:>12.3f}")
+        lines.append(
+            f"{labels[key]:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}{m['segm/AP50']:>12.3f}"
+        )
     lines += [
         f"run directory: {run_dir}",
         f"  adapter: {run_dir / 'adapter_best.safetensors'} (last: adapter_last.safetensors)",

@@ -179,7 +179,11 @@ class Trainer:
         }
 
     def resume(self) -> Optional[Path]:
-        path = ckpt.find_resume_checkpoint(self.run_dir, self.cfg.resume) if (self.cfg.resume or self.cfg.auto_resume) else None
+        path = (
+            ckpt.find_resume_checkpoint(self.run_dir, self.cfg.resume)
+            if (self.cfg.resume or self.cfg.auto_resume)
+            else None
+        )
         if path is None:
             return None
         state = ckpt.load(path)
@@ -222,8 +226,12 @@ class Trainer:
         if self.dist.enabled:
             log.info("DDP: trainable weights identical on all %d ranks", self.dist.world_size)
         train_time = max(self.train_time, 1e-9)
-        return {"wall_time_s": time.time() - start, "best": self.best,
-                "images_per_s": self.images_seen * self.dist.world_size / train_time, "peak_memory_gb": peak_memory_gb(self.device)}
+        return {
+            "wall_time_s": time.time() - start,
+            "best": self.best,
+            "images_per_s": self.images_seen * self.dist.world_size / train_time,
+            "peak_memory_gb": peak_memory_gb(self.device),
+        }
 
     def _epochs(self) -> None:
         while self.epoch < self.cfg.max_epochs and not self._step_budget_spent():
@@ -260,14 +268,22 @@ class Trainer:
         self.save(None, mid_epoch=True)
         distributed.barrier(self.dist)
         name = signal.Signals(signum).name
-        log.warning("%s received: saved epoch %d + %d batches (step %d) to %s", name, self.epoch, self.batches_done,
-                    self.step, self.ckpt_dir / ckpt.LAST)
+        log.warning(
+            "%s received: saved epoch %d + %d batches (step %d) to %s",
+            name,
+            self.epoch,
+            self.batches_done,
+            self.step,
+            self.ckpt_dir / ckpt.LAST,
+        )
         previous = self._previous_handlers.get(signum)
         self._restore_signal_handlers()
         if callable(previous):
             previous(signum, None)
-        raise Preempted(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; the state is saved in "
-                        f"{self.ckpt_dir / ckpt.LAST}. Run the same command with hydra.run.dir={self.run_dir} to resume.")
+        raise Preempted(
+            f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; the state is saved in "
+            f"{self.ckpt_dir / ckpt.LAST}. Run the same command with hydra.run.dir={self.run_dir} to resume."
+        )
 
     def _step_budget_spent(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
@@ -286,20 +302,29 @@ class Trainer:
         accum = self.cfg.grad_accum
         window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
         # A live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it.
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
-                   disable=True if not self.is_main else None, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
+            disable=True if not self.is_main else None,
+            leave=False,
+            dynamic_ncols=True,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar, start=self.batches_done):
             batch = _to_device(batch, self.device)
             syncing = (i + 1) % accum == 0 or not self.dist.enabled
-            with self.autocast(), (contextlib.nullcontext() if syncing else self.forward_module.no_sync()):
+            with self.autocast(), contextlib.nullcontext() if syncing else self.forward_module.no_sync():
                 losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
             loss = core_loss(losses)
             if not torch.isfinite(loss):
                 self.bad_steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, i,
-                            self.bad_steps)
+                log.warning(
+                    "non-finite loss at epoch %d batch %d (%d in a row); batch skipped",
+                    self.epoch + 1,
+                    i,
+                    self.bad_steps,
+                )
                 if self.bad_steps >= self.cfg.max_bad_steps:
                     raise NonFiniteLossError(
                         f"loss was NaN/inf for {self.bad_steps} consecutive batches at step {self.step}. The last good "
@@ -340,25 +365,44 @@ class Trainer:
             "train/images_per_s": window["images"] / elapsed,
             "train/epoch": self.epoch + 1,
         }
-        metrics.update({f"train/{k}": v.detach().item() for k, v in losses.items() if k.startswith("loss_") and "aux" not in k})
+        metrics.update(
+            {f"train/{k}": v.detach().item() for k, v in losses.items() if k.startswith("loss_") and "aux" not in k}
+        )
         metrics["train/peak_memory_gb"] = peak_memory_gb(self.device)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.2f}", lr=f"{metrics['train/lr']:.1e}",
-                        img_s=f"{metrics['train/images_per_s']:.1f}")
-        log.info("step %d epoch %d loss %.3f lr %.2e %.1f img/s", self.step, self.epoch + 1, metrics["train/loss"],
-                 metrics["train/lr"], metrics["train/images_per_s"])
+        bar.set_postfix(
+            loss=f"{metrics['train/loss']:.2f}",
+            lr=f"{metrics['train/lr']:.1e}",
+            img_s=f"{metrics['train/images_per_s']:.1f}",
+        )
+        log.info(
+            "step %d epoch %d loss %.3f lr %.2e %.1f img/s",
+            self.step,
+            self.epoch + 1,
+            metrics["train/loss"],
+            metrics["train/lr"],
+            metrics["train/images_per_s"],
+        )
         self.loggers.log_metrics(metrics, self.step)
 
     def evaluate(self) -> Dict[str, float]:
         metrics = self.evaluator(self.model, self.device, self.autocast())
         value = metrics.get(self.cfg.best_metric)
         if value is None:
-            raise KeyError(f"trainer.best_metric '{self.cfg.best_metric}' is not computed; choose from {sorted(metrics)}")
+            raise KeyError(
+                f"trainer.best_metric '{self.cfg.best_metric}' is not computed; choose from {sorted(metrics)}"
+            )
         self.improved = self.best is None or value > self.best
         if self.improved:
             self.best = value
         self.history.append({"epoch": self.epoch, "step": self.step, **metrics})
-        log.info("eval epoch %d: bbox AP %.4f, segm AP %.4f (best %s %.4f)", self.epoch, metrics["bbox/AP"],
-                 metrics["segm/AP"], self.cfg.best_metric, self.best)
+        log.info(
+            "eval epoch %d: bbox AP %.4f, segm AP %.4f (best %s %.4f)",
+            self.epoch,
+            metrics["bbox/AP"],
+            metrics["segm/AP"],
+            self.cfg.best_metric,
+            self.best,
+        )
         self.loggers.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
         if self.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))

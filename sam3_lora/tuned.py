@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-import torch
 from torch import nn
 
 from sam3_lora.errors import UserError

@@ -39,16 +39,28 @@ def toy_root(tmp_path_factory):
     """A small shifted-domain toy dataset, generated once per test session."""
     from sam3_lora.data import toy
 
-    return toy.generate(tmp_path_factory.mktemp("toy"), domain="shifted", seed=0, splits={"train": 4, "valid": 4, "test": 4})
+    return toy.generate(
+        tmp_path_factory.mktemp("toy"), domain="shifted", seed=0, splits={"train": 4, "valid": 4, "test": 4}
+    )
 
 
 def tiny_run_overrides(toy_root, *extra):
     """A seconds-long training run of the tiny model on the toy data."""
     return [
-        "model=sam3_tiny", "dataset=toy", f"dataset.root={toy_root}", "dataset.generate=null",
-        "dataset.augment.hflip=0", "dataset.augment.scale_min=1.0", "logger=none", "final_eval.compare_base=false",
-        "trainer.batch_size=4", "trainer.num_workers=0", "trainer.log_every=1", "trainer.max_epochs=2",
-        "optimizer.lr=3e-3", *extra,
+        "model=sam3_tiny",
+        "dataset=toy",
+        f"dataset.root={toy_root}",
+        "dataset.generate=null",
+        "dataset.augment.hflip=0",
+        "dataset.augment.scale_min=1.0",
+        "logger=none",
+        "final_eval.compare_base=false",
+        "trainer.batch_size=4",
+        "trainer.num_workers=0",
+        "trainer.log_every=1",
+        "trainer.max_epochs=2",
+        "optimizer.lr=3e-3",
+        *extra,
     ]
 
 

@@ -108,8 +108,11 @@ class LocalSlurm:
         for d in ("state", "spool"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname().split(".")[0]
-        self.conf.write_text(CONF.format(host=host, root=self.root, ctld_port=_free_port(), d_port=_free_port(),
-                                         cpus=os.cpu_count() or 2))
+        self.conf.write_text(
+            CONF.format(
+                host=host, root=self.root, ctld_port=_free_port(), d_port=_free_port(), cpus=os.cpu_count() or 2
+            )
+        )
         for daemon in ("slurmctld", "slurmd"):
             res = subprocess.run([daemon, "-f", str(self.conf)], capture_output=True, text=True, env=self.env)
             if res.returncode != 0:

@@ -8,8 +8,6 @@ the query "circle" is a negative (no target), as SAM3's hard negatives are.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sam3.train.data.collator import collate_fn_api
 from sam3.train.data.sam3_image_dataset import (
     Datapoint,
@@ -18,13 +16,19 @@ from sam3.train.data.sam3_image_dataset import (
     InferenceMetadata,
     Object,
 )
+from torch import nn
+
 from sam3_lora.lora import LoraDelta
 
 
 def _metadata(image_id: int, category_id: int, size) -> InferenceMetadata:
     return InferenceMetadata(
-        coco_image_id=image_id, original_image_id=image_id, original_category_id=category_id,
-        original_size=size, object_id=0, frame_index=0,
+        coco_image_id=image_id,
+        original_image_id=image_id,
+        original_category_id=category_id,
+        original_size=size,
+        object_id=0,
+        frame_index=0,
     )
 
 
@@ -43,11 +47,17 @@ def make_datapoint(img_size: int, generator: torch.Generator, image_id: int) -> 
     size = (img_size, img_size)
     queries = [
         FindQueryLoaded(
-            query_text="square", image_id=0, object_ids_output=list(range(len(objects))), is_exhaustive=True,
+            query_text="square",
+            image_id=0,
+            object_ids_output=list(range(len(objects))),
+            is_exhaustive=True,
             inference_metadata=_metadata(image_id, 1, size),
         ),
         FindQueryLoaded(
-            query_text="circle", image_id=0, object_ids_output=[], is_exhaustive=True,
+            query_text="circle",
+            image_id=0,
+            object_ids_output=[],
+            is_exhaustive=True,
             inference_metadata=_metadata(image_id, 2, size),
         ),
     ]

@@ -6,15 +6,17 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from synthetic import final_outputs, make_batch, randomize_lora
 
 from sam3_lora.lora import AdapterError, LoraConfig, inject_lora, load_adapter, read_adapter, save_adapter
 from sam3_lora.models import build_model
-from synthetic import final_outputs, make_batch, randomize_lora
 
 
 @pytest.fixture
 def trained_adapter(tiny_model, tmp_path):
-    cfg = LoraConfig(rank=4, alpha=8, targets=["all"], parts=["vision", "decoder"], modules_to_save=["dot_prod_scoring"])
+    cfg = LoraConfig(
+        rank=4, alpha=8, targets=["all"], parts=["vision", "decoder"], modules_to_save=["dot_prod_scoring"]
+    )
     inject_lora(tiny_model, cfg)
     randomize_lora(tiny_model, seed=1)
     with torch.no_grad():
@@ -64,13 +66,19 @@ def test_adapter_with_other_rank_or_targets_is_refused(trained_adapter, tiny_bas
     _, path = trained_adapter
     other = build_model("tiny")
     other.load_state_dict(tiny_base_state)
-    inject_lora(other, LoraConfig(rank=8, alpha=8, targets=["all"], parts=["vision", "decoder"],
-                                  modules_to_save=["dot_prod_scoring"]))
+    inject_lora(
+        other,
+        LoraConfig(rank=8, alpha=8, targets=["all"], parts=["vision", "decoder"], modules_to_save=["dot_prod_scoring"]),
+    )
     with pytest.raises(AdapterError, match=r"does not fit this model's LoRA layout.*rank: 4 vs 8"):
         load_adapter(other, path)
     other = build_model("tiny")
-    inject_lora(other, LoraConfig(rank=4, alpha=8, targets=["q_proj"], parts=["vision", "decoder"],
-                                  modules_to_save=["dot_prod_scoring"]))
+    inject_lora(
+        other,
+        LoraConfig(
+            rank=4, alpha=8, targets=["q_proj"], parts=["vision", "decoder"], modules_to_save=["dot_prod_scoring"]
+        ),
+    )
     with pytest.raises(AdapterError, match=r"targets"):
         load_adapter(other, path)
 

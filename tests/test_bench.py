@@ -11,9 +11,25 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench.py"), "--model", "sam3_tiny", "--steps", "1", "--warmup", "1",
-         "--rounds", "1", "--data", str(tmp_path / "toy"), "--json", str(out)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "bench.py"),
+            "--model",
+            "sam3_tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--data",
+            str(tmp_path / "toy"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(out.read_text())

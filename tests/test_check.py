@@ -27,7 +27,12 @@ def test_data_problems_are_listed(capsys, tmp_path, toy_root, monkeypatch):
     coco = json.loads((toy_root / "train" / "_annotations.coco.json").read_text())
     coco["annotations"][0]["category_id"] = 42
     (bad / "_annotations.coco.json").write_text(json.dumps(coco))
-    rc = main(["model=sam3_tiny", f"dataset.train.ann_file={bad}/_annotations.coco.json",
-               f"dataset.train.img_folder={toy_root}/train"])
+    rc = main(
+        [
+            "model=sam3_tiny",
+            f"dataset.train.ann_file={bad}/_annotations.coco.json",
+            f"dataset.train.img_folder={toy_root}/train",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 1 and "[FAIL] data: train" in out and "category_id 42" in out

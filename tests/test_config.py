@@ -14,7 +14,18 @@ from sam3_lora.train import CONF_DIR
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
-    for g in ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger", "launcher", "experiment", "debug")
+    for g in (
+        "model",
+        "lora",
+        "dataset",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "launcher",
+        "experiment",
+        "debug",
+    )
 }
 ROOT = Path(CONF_DIR).parent
 
@@ -129,14 +140,27 @@ def test_quickstart_end_to_end_scaled_down(tmp_path):
     """The README's main job with every stage shortened: pretrain base, score it, LoRA, score, table."""
     run_dir = tmp_path / "run"
     res = _cli(
-        "experiment=quickstart", f"hydra.run.dir={run_dir}", f"model.cache_dir={tmp_path / 'cache'}", "model.steps=4",
-        "model.train_images=4", f"dataset.root={tmp_path / 'data'}", "dataset.generate.splits={train: 8, valid: 4, test: 4}",
-        "trainer.max_epochs=1", "trainer.num_workers=0",
+        "experiment=quickstart",
+        f"hydra.run.dir={run_dir}",
+        f"model.cache_dir={tmp_path / 'cache'}",
+        "model.steps=4",
+        "model.train_images=4",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.generate.splits={train: 8, valid: 4, test: 4}",
+        "trainer.max_epochs=1",
+        "trainer.num_workers=0",
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    for name in ("adapter_best.safetensors", "adapter_last.safetensors", "training.log", "results.json",
-                 ".hydra/config.yaml", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "adapter_best.safetensors",
+        "adapter_last.safetensors",
+        "training.log",
+        "results.json",
+        ".hydra/config.yaml",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run_dir / name).is_file(), name
     assert "trainable parameters by part" in out
     assert "frozen base" in out and "LoRA (best)" in out and str(run_dir) in out

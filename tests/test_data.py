@@ -5,10 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import compose_train, tiny_run_overrides
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from conftest import compose_train, tiny_run_overrides
 from sam3_lora.data import toy
 from sam3_lora.data.coco import HardNegativeCocoLoader, Split, build_dataset, build_loader
 from sam3_lora.data.validate import DataValidationError, validate_and_clean, validate_split
@@ -18,7 +18,7 @@ from sam3_lora.train import run
 def _rle(h, w, box):
     m = np.zeros((h, w), dtype=np.uint8, order="F")
     x, y, bw, bh = box
-    m[y:y + bh, x:x + bw] = 1
+    m[y : y + bh, x : x + bw] = 1
     rle = mask_util.encode(m)
     rle["counts"] = rle["counts"].decode()
     return rle
@@ -30,16 +30,39 @@ def coco_dir(tmp_path):
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 48), (40, 40, 40)).save(tmp_path / name)
     coco = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
-                   {"id": 2, "file_name": "b.png", "width": 64, "height": 48}],
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+            {"id": 2, "file_name": "b.png", "width": 64, "height": 48},
+        ],
         "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0,
-             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
-            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [35, 5, 20, 30], "area": 600, "iscrowd": 0,
-             "segmentation": _rle(48, 64, (35, 5, 20, 30))},
-            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 64, 48], "area": 3072, "iscrowd": 1,
-             "segmentation": _rle(48, 64, (0, 0, 64, 48))},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 10, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+                "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 2,
+                "bbox": [35, 5, 20, 30],
+                "area": 600,
+                "iscrowd": 0,
+                "segmentation": _rle(48, 64, (35, 5, 20, 30)),
+            },
+            {
+                "id": 3,
+                "image_id": 2,
+                "category_id": 1,
+                "bbox": [0, 0, 64, 48],
+                "area": 3072,
+                "iscrowd": 1,
+                "segmentation": _rle(48, 64, (0, 0, 64, 48)),
+            },
             {"id": 4, "image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
         ],
     }
@@ -111,6 +134,7 @@ def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
     def edit(c):
         c["annotations"][0]["image_id"] = 99
         c["images"].append(dict(c["images"][0]))
+
     _edit(coco_dir, edit)
     errors = _errors(coco_dir).errors
     assert "no image with id 99" in errors["annotations of unknown images"][0]
@@ -119,13 +143,17 @@ def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
 
 def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(coco_dir, tmp_path):
     def edit(c):
-        c["annotations"][0]["bbox"] = [50, 40, 30, 20]   # partly outside a 64x48 image
-        c["annotations"][1]["bbox"] = [70, 50, 5, 5]     # entirely outside
-        c["annotations"][3]["bbox"] = [5, 5, 0, 10]      # zero width
+        c["annotations"][0]["bbox"] = [50, 40, 30, 20]  # partly outside a 64x48 image
+        c["annotations"][1]["bbox"] = [70, 50, 5, 5]  # entirely outside
+        c["annotations"][3]["bbox"] = [5, 5, 0, 10]  # zero width
+
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path / "out", "train")
-    assert report.repaired == {"bbox partly outside the image (clipped)": 1, "bbox outside the image (dropped)": 1,
-                               "zero-size bbox (dropped)": 1}
+    assert report.repaired == {
+        "bbox partly outside the image (clipped)": 1,
+        "bbox outside the image (dropped)": 1,
+        "zero-size bbox (dropped)": 1,
+    }
     cleaned = json.loads(open(ann_file).read())
     assert [a["id"] for a in cleaned["annotations"]] == [1, 3]
     assert cleaned["annotations"][0]["bbox"] == [50, 40, 14, 8]
@@ -136,6 +164,7 @@ def test_empty_or_invalid_segmentation_is_removed_box_kept(coco_dir, tmp_path):
     def edit(c):
         c["annotations"][0]["segmentation"] = []
         c["annotations"][1]["segmentation"] = [[1, 2, 3]]
+
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
     assert report.repaired["empty or invalid segmentation (removed, box kept)"] == 2
@@ -147,20 +176,30 @@ def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
     def edit(c):
         c["annotations"][0]["category_id"] = 7
         c["annotations"][1].pop("iscrowd")
+
     _edit(coco_dir, edit)
     (coco_dir / "b.png").unlink()
     with pytest.raises(DataValidationError) as info:
         validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
     text = str(info.value)
     assert "dataset split 'train' cannot be used" in text
-    assert "unknown category ids (1)" in text and "missing iscrowd (1)" in text and "missing or undecodable images (1)" in text
+    assert (
+        "unknown category ids (1)" in text
+        and "missing iscrowd (1)" in text
+        and "missing or undecodable images (1)" in text
+    )
 
 
 def test_bad_dataset_stops_the_cli_run(coco_dir, tmp_path, toy_root):
     _edit(coco_dir, lambda c: c["annotations"][0].update(category_id=7))
     overrides = [o for o in tiny_run_overrides(toy_root) if not o.startswith("dataset.root")]
-    cfg = compose_train([*overrides, f"dataset.train.ann_file={coco_dir}/_annotations.coco.json",
-                         f"dataset.train.img_folder={coco_dir}"])
+    cfg = compose_train(
+        [
+            *overrides,
+            f"dataset.train.ann_file={coco_dir}/_annotations.coco.json",
+            f"dataset.train.img_folder={coco_dir}",
+        ]
+    )
     with pytest.raises(DataValidationError, match="category_id 7"):
         run(cfg, tmp_path / "run")
 

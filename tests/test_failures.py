@@ -4,9 +4,9 @@ import errno
 
 import pytest
 import torch
+from conftest import compose_train, tiny_run_overrides
 
 import sam3_lora.trainer as trainer_module
-from conftest import compose_train, tiny_run_overrides
 from sam3_lora.checkpoint import CheckpointError, atomic_save
 from sam3_lora.train import run
 from sam3_lora.trainer import NonFiniteLossError

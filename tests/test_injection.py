@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from synthetic import final_outputs, make_batch
 from torch import nn
 
 from sam3_lora.lora import (
@@ -14,7 +15,6 @@ from sam3_lora.lora import (
     inject_lora,
     lora_parameters,
 )
-from synthetic import final_outputs, make_batch
 
 
 def _outputs(model, batch):
@@ -27,9 +27,14 @@ def _outputs(model, batch):
 def _expected_count(model, cfg: LoraConfig) -> int:
     """LoRA parameters computed independently from the module shapes: r * (in + out) per update."""
     r, total = cfg.rank, 0
-    prefixes = {"vision": "backbone.vision_backbone.trunk.", "encoder": "transformer.encoder.",
-                "decoder": "transformer.decoder.", "text": "backbone.language_backbone.encoder.",
-                "geometry": "geometry_encoder.", "segmentation": "segmentation_head."}
+    prefixes = {
+        "vision": "backbone.vision_backbone.trunk.",
+        "encoder": "transformer.encoder.",
+        "decoder": "transformer.decoder.",
+        "text": "backbone.language_backbone.encoder.",
+        "geometry": "geometry_encoder.",
+        "segmentation": "segmentation_head.",
+    }
     qkv = [t for t in ("q_proj", "k_proj", "v_proj") if t in cfg.targets]
     for name, m in model.named_modules():
         if not any(name.startswith(prefixes[p]) for p in cfg.parts):
@@ -107,8 +112,12 @@ def test_vocabulary_maps_onto_sam3_modules(tiny_model):
 
 def test_regex_and_modules_to_save(tiny_model):
     cfg = LoraConfig(
-        rank=2, alpha=2, targets=["q_proj"], parts=["decoder"],
-        target_regex=r"^dot_prod_scoring\.(prompt|hs)_proj$", modules_to_save=["presence_token_head"],
+        rank=2,
+        alpha=2,
+        targets=["q_proj"],
+        parts=["decoder"],
+        target_regex=r"^dot_prod_scoring\.(prompt|hs)_proj$",
+        modules_to_save=["presence_token_head"],
     )
     report = inject_lora(tiny_model, cfg)
     assert isinstance(tiny_model.get_submodule("dot_prod_scoring.hs_proj"), LoraLinear)
@@ -139,7 +148,10 @@ def test_bad_config_is_refused_with_choices(kwargs, message):
     "cfg,message",
     [
         (LoraConfig(targets=["linear1"], parts=["segmentation"]), r"target\(s\) \['linear1'\] match no module"),
-        (LoraConfig(targets=["q_proj"], target_regex="nothing_like_this"), r"target_regex 'nothing_like_this' matches no"),
+        (
+            LoraConfig(targets=["q_proj"], target_regex="nothing_like_this"),
+            r"target_regex 'nothing_like_this' matches no",
+        ),
         (LoraConfig(modules_to_save=["no_such_module"]), r"modules_to_save entry 'no_such_module' names no module"),
     ],
 )

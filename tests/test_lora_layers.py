@@ -4,12 +4,12 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
 from sam3.model.model_misc import MultiheadAttentionWrapper
 from sam3.model.vitdet import Attention as ViTAttention
-from sam3_lora.lora import LoraDelta, LoraLinear, LoraMultiheadAttention
 from synthetic import randomize_lora
+from torch import nn
+
+from sam3_lora.lora import LoraDelta, LoraLinear, LoraMultiheadAttention
 
 
 def assert_close_rel(a, b, rel=1e-5):

@@ -1,7 +1,6 @@
 """Sweeps on a real SLURM cluster (started by the test), and preemption with requeue."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -9,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_run_overrides, train_in_process
 from slurm_cluster import LocalSlurm
 
@@ -23,17 +21,30 @@ def slurm(tmp_path_factory):
 
 def _slurm_overrides(toy_root, sweep_dir, *extra):
     return [
-        "-m", "launcher=slurm", f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.partition=test",
-        "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30", "hydra.launcher.signal_delay_s=20",
+        "-m",
+        "launcher=slurm",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.launcher.partition=test",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=30",
+        "hydra.launcher.signal_delay_s=20",
         *tiny_run_overrides(toy_root, *extra),
     ]
 
 
 def _launch(slurm, args, cwd):
     env = {**slurm.env, "HYDRA_FULL_ERROR": "1", "WANDB_SILENT": "true"}
-    return subprocess.Popen([sys.executable, "-m", "sam3_lora.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sam3_lora.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_rank_sweep_runs_as_slurm_jobs(slurm, toy_root, tmp_path):

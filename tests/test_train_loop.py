@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import compose_train, tiny_run_overrides
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb_records import history
 
-from conftest import compose_train, tiny_run_overrides
 from sam3_lora.lora import read_adapter
 from sam3_lora.train import run
 from sam3_lora.trainer import Trainer
-from wandb_records import history
 
 
 def _train(toy_root, run_dir, *extra):
@@ -25,8 +25,9 @@ def _scalars(run_dir, tag):
 
 
 def test_short_run_lowers_loss_and_checkpoints_hold_only_the_adapter(toy_root, tmp_path):
-    summary = _train(toy_root, tmp_path, "trainer.max_epochs=8", "logger=tensorboard", "lora=balanced",
-                     "lora.targets=[all]")
+    summary = _train(
+        toy_root, tmp_path, "trainer.max_epochs=8", "logger=tensorboard", "lora=balanced", "lora.targets=[all]"
+    )
     losses = [v for _, v in _scalars(tmp_path, "train/loss")]
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0], losses
 
@@ -65,7 +66,9 @@ def test_resumed_run_matches_an_uninterrupted_one(toy_root, tmp_path, monkeypatc
     b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
     for x, y in zip(a, b):
-        assert x["bbox/AP"] == pytest.approx(y["bbox/AP"], abs=1e-6) and x["segm/AP"] == pytest.approx(y["segm/AP"], abs=1e-6)
+        assert x["bbox/AP"] == pytest.approx(y["bbox/AP"], abs=1e-6) and x["segm/AP"] == pytest.approx(
+            y["segm/AP"], abs=1e-6
+        )
     wa = load_file(tmp_path / "straight" / "adapter_last.safetensors")
     wb = load_file(tmp_path / "resumed" / "adapter_last.safetensors")
     for k in wa:

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_overrides, train_in_process
 from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools.coco import COCO
+from synthetic import final_outputs, make_batch
 
-from conftest import tiny_run_overrides, train_in_process
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
 from sam3_lora import inspect as inspect_cmd
@@ -22,7 +23,6 @@ from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
 from sam3_lora.train import CONF_DIR
 from sam3_lora.tuned import RunDirError, load_tuned
-from synthetic import final_outputs, make_batch
 
 
 def _cmd_cfg(name, **values):
@@ -37,8 +37,10 @@ def _cmd_cfg(name, **values):
 def trained_run(toy_root, tmp_path_factory):
     """LoRA on vision, encoder and decoder (Linear and attention updates), three epochs."""
     run_dir = tmp_path_factory.mktemp("run")
-    train_in_process(tiny_run_overrides(toy_root, "trainer.max_epochs=3", "lora.targets=[all]",
-                                        "final_eval.compare_base=true"), run_dir)
+    train_in_process(
+        tiny_run_overrides(toy_root, "trainer.max_epochs=3", "lora.targets=[all]", "final_eval.compare_base=true"),
+        run_dir,
+    )
     return run_dir
 
 
@@ -46,8 +48,9 @@ def trained_run(toy_root, tmp_path_factory):
 def linear_only_run(toy_root, tmp_path_factory):
     """LoRA on the vision backbone only: every update on an nn.Linear (PEFT can hold them all)."""
     run_dir = tmp_path_factory.mktemp("run_linear")
-    train_in_process(tiny_run_overrides(toy_root, "trainer.max_epochs=2", "lora.targets=[all]",
-                                        "lora.parts=[vision]"), run_dir)
+    train_in_process(
+        tiny_run_overrides(toy_root, "trainer.max_epochs=2", "lora.targets=[all]", "lora.parts=[vision]"), run_dir
+    )
     return run_dir
 
 
@@ -110,14 +113,23 @@ def test_peft_export_refuses_attention_updates_and_writes_nothing(trained_run, t
     with pytest.raises(PeftExportError, match="no exact PEFT form.*self_attn.*format=merged"):
         export_cmd.export(_cmd_cfg("export", run_dir=trained_run, format="peft", output=tmp_path / "p"))
     assert not (tmp_path / "p").exists()
-    export_cmd.export(_cmd_cfg("export", run_dir=trained_run, format="peft", output=tmp_path / "p",
-                               **{"peft.allow_partial": True}))
+    export_cmd.export(
+        _cmd_cfg("export", run_dir=trained_run, format="peft", output=tmp_path / "p", **{"peft.allow_partial": True})
+    )
     assert (tmp_path / "p" / "adapter_model.safetensors").is_file()
 
 
 def test_predict_writes_overlays_and_coco_json(trained_run, toy_root, tmp_path):
-    out = predict_cmd.run(_cmd_cfg("predict", run_dir=trained_run, images=toy_root / "test", score_threshold=0.0,
-                                   max_dets=3, output=tmp_path / "pred"))
+    out = predict_cmd.run(
+        _cmd_cfg(
+            "predict",
+            run_dir=trained_run,
+            images=toy_root / "test",
+            score_threshold=0.0,
+            max_dets=3,
+            output=tmp_path / "pred",
+        )
+    )
     overlays = sorted(out.glob("*_overlay.png"))
     assert len(overlays) == 4
     original = np.asarray(Image.open(toy_root / "test" / "test_0000.png").convert("RGB"))
@@ -136,8 +148,20 @@ def test_predict_refuses_undecodable_images_before_writing(trained_run, toy_root
     Image.open(toy_root / "test" / "test_0000.png").save(folder / "good.png")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    res = subprocess.run([sys.executable, "-m", "sam3_lora.predict", f"run_dir={trained_run}", f"images={folder}",
-                          f"output={tmp_path / 'out'}"], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam3_lora.predict",
+            f"run_dir={trained_run}",
+            f"images={folder}",
+            f"output={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "broken.png" in res.stdout + res.stderr and "cannot be decoded" in res.stdout + res.stderr
     assert not (tmp_path / "out").exists()
@@ -153,8 +177,14 @@ def test_predict_never_writes_into_an_existing_output(trained_run, toy_root, tmp
 
 def test_adapter_for_another_base_or_corrupt_is_refused(trained_run, tmp_path):
     with pytest.raises(AdapterError, match="trained on base model 'tiny'"):
-        export_cmd.export(_cmd_cfg("export", model="sam3_medium", adapter=trained_run / "adapter_best.safetensors",
-                                   output=tmp_path / "m.pt"))
+        export_cmd.export(
+            _cmd_cfg(
+                "export",
+                model="sam3_medium",
+                adapter=trained_run / "adapter_best.safetensors",
+                output=tmp_path / "m.pt",
+            )
+        )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes((trained_run / "adapter_best.safetensors").read_bytes()[:500])
     with pytest.raises(AdapterError, match="not a readable safetensors adapter"):
@@ -167,8 +197,14 @@ def test_missing_checkpoint_and_missing_run_dir(tmp_path):
     from sam3_lora.models import BaseCheckpointError
 
     with pytest.raises(Exception) as info:  # Hydra wraps errors raised while instantiating
-        export_cmd.export(_cmd_cfg("export", adapter=tmp_path / "a.safetensors", output=tmp_path / "m.pt",
-                                   **{"model.checkpoint_path": tmp_path / "sam3.pt"}))
+        export_cmd.export(
+            _cmd_cfg(
+                "export",
+                adapter=tmp_path / "a.safetensors",
+                output=tmp_path / "m.pt",
+                **{"model.checkpoint_path": tmp_path / "sam3.pt"},
+            )
+        )
     cause = find_user_error(info.value)  # what the command line reports, exit code 2
     assert isinstance(cause, BaseCheckpointError) and "SAM3 checkpoint not found" in str(cause)
     with pytest.raises(RunDirError, match="not a training run directory"):

@@ -24,8 +24,8 @@ def read_records(path: Path):
         if BLOCK - pos % BLOCK < CHUNK_HEADER:  # block trailer padding
             pos += BLOCK - pos % BLOCK
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK_HEADER])
-        chunk = data[pos + CHUNK_HEADER:pos + CHUNK_HEADER + length]
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
+        chunk = data[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
         pos += CHUNK_HEADER + length
         if kind == 0 and length == 0:
             break

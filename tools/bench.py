@@ -139,7 +139,9 @@ def train_setup(spec: dict) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4)
     loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
     data = batches(model, toy_split(Path(spec["data"])), spec["batch"], spec["warmup"] + spec["steps"])
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     from sam3.model.utils.misc import copy_data_to_device
 
     times = []
@@ -157,8 +159,12 @@ def train_setup(spec: dict) -> dict:
             if i >= spec["warmup"]:
                 times.append(time.perf_counter() - t)
     step = statistics.median(times)
-    return {"step_s": step, "images_per_s": spec["batch"] / step, "peak_mem_mb": mem.peak / 2**20,
-            "trainable": count_trainable(model)}
+    return {
+        "step_s": step,
+        "images_per_s": spec["batch"] / step,
+        "peak_mem_mb": mem.peak / 2**20,
+        "trainable": count_trainable(model),
+    }
 
 
 def _config(d: dict):
@@ -183,8 +189,14 @@ def _inject_peft(model, lora: dict, equal_capacity: bool):
     r = lora["rank"]
     ranks = {n: r * len(s) for n, s in plan.linear.items() if len(s) > 1} if equal_capacity else {}
     alphas = {n: lora["alpha"] / r * k for n, k in ranks.items()}
-    cfg = peft.LoraConfig(r=r, lora_alpha=lora["alpha"], target_modules=targets, lora_dropout=0.0,
-                          rank_pattern=ranks, alpha_pattern=alphas)
+    cfg = peft.LoraConfig(
+        r=r,
+        lora_alpha=lora["alpha"],
+        target_modules=targets,
+        lora_dropout=0.0,
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+    )
     peft.inject_adapter_in_model(cfg, model)
     assert not any(isinstance(m, LoraLinear) for m in model.modules())
     for n, p in model.named_parameters():
@@ -265,8 +277,10 @@ def machine(device) -> str:
 
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, bf16 autocast)"
-    return (f"CPU: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+    return (
+        f"CPU: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32"
+    )
 
 
 def main() -> None:
@@ -275,8 +289,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="setups run round-robin this many times; each keeps its best round's median (noise guard)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="setups run round-robin this many times; each keeps its best round's median (noise guard)",
+    )
     ap.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the trainer's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=str(Path.home() / ".cache" / "sam3_lora" / "bench_toy"))
@@ -291,25 +309,41 @@ def main() -> None:
 
     workers = TrainerConfig().num_workers if args.workers is None else args.workers
     device = torch.device(args.device)
-    common = {"model": args.model, "device": args.device, "batch": args.batch, "steps": args.steps,
-              "warmup": args.warmup, "data": args.data}
+    common = {
+        "model": args.model,
+        "device": args.device,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "data": args.data,
+    }
     setups = [{"name": "full fine-tuning", "kind": "full"}]
     setups += [{"name": f"LoRA {p}", "kind": "lora", "preset": p} for p in PRESETS]
     setups += [{"name": "LoRA balanced + ViT act. ckpt", "kind": "lora", "preset": "balanced", "act_ckpt": True}]
-    setups += [{"name": OURS_LINEAR, "kind": "lora", "lora": LINEAR_BALANCED},
-               {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
-               {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED}]
+    setups += [
+        {"name": OURS_LINEAR, "kind": "lora", "lora": LINEAR_BALANCED},
+        {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
+        {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED},
+    ]
     toy_split(Path(args.data))  # generate once, before the children
-    results = {"machine": machine(device), "model": args.model, "batch": args.batch, "rounds": args.rounds,
-               "steps": args.steps, "train": {}}
+    results = {
+        "machine": machine(device),
+        "model": args.model,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "train": {},
+    }
     for round_ in range(args.rounds):
         for s in setups:
             r = _child({**common, **s})
             best = results["train"].get(s["name"])
             if best is None or r["step_s"] < best["step_s"]:
                 results["train"][s["name"]] = {**r, "peak_mem_mb": max(r["peak_mem_mb"], (best or r)["peak_mem_mb"])}
-            print(f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
-                  file=sys.stderr)
+            print(
+                f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
+                file=sys.stderr,
+            )
     results["inference"] = inference(args.model, device, args.batch, args.warmup, args.steps, Path(args.data))
     results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
     results["data_workers"] = workers
@@ -321,27 +355,39 @@ def main() -> None:
 def report(r: dict) -> str:
     t = r["train"]
     full = t["full fine-tuning"]
-    lines = [f"**{r['model']}**, batch {r['batch']}, {r['machine']}; step = best of {r['rounds']} rounds' "
-             f"median over {r['steps']} steps", "",
-             "| training setup | trainable | step (median) | vs full FT | images/s | peak memory above model | vs full FT |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**{r['model']}**, batch {r['batch']}, {r['machine']}; step = best of {r['rounds']} rounds' "
+        f"median over {r['steps']} steps",
+        "",
+        "| training setup | trainable | step (median) | vs full FT | images/s | peak memory above model | vs full FT |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, x in t.items():
-        lines.append(f"| {name} | {x['trainable']:,} | {x['step_s'] * 1000:.0f} ms | {x['step_s'] / full['step_s']:.2f}x "
-                     f"| {x['images_per_s']:.1f} | {x['peak_mem_mb']:.0f} MB | {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x |")
+        lines.append(
+            f"| {name} | {x['trainable']:,} | {x['step_s'] * 1000:.0f} ms | {x['step_s'] / full['step_s']:.2f}x "
+            f"| {x['images_per_s']:.1f} | {x['peak_mem_mb']:.0f} MB | {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x |"
+        )
     i = r["inference"]
     ours = t[OURS_LINEAR]["step_s"]
     lora_rate = t["LoRA balanced"]["images_per_s"]
     lines += ["", "| inference (forward, no grad) | time | vs base |", "|---|---|---|"]
-    for name, key in (("base model", "base_s"), ("LoRA balanced, unmerged", "unmerged_s"), ("LoRA balanced, merged", "merged_s")):
+    for name, key in (
+        ("base model", "base_s"),
+        ("LoRA balanced, unmerged", "unmerged_s"),
+        ("LoRA balanced, merged", "merged_s"),
+    ):
         lines.append(f"| {name} | {i[key] * 1000:.0f} ms | {i[key] / i['base_s']:.3f}x |")
-    lines += ["", f"- LoRA balanced step / full fine-tuning step: **{t['LoRA balanced']['step_s'] / full['step_s']:.2f}x**"
-              f" (target <= 0.75); peak memory {t['LoRA balanced']['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x",
-              f"- ours / PEFT step on the same Linear modules: **{ours / t[PEFT_EQUAL]['step_s']:.2f}x** at equal capacity, "
-              f"{ours / t[PEFT_SAME_R]['step_s']:.2f}x against PEFT's single r8 on qkv (target <= 1)",
-              f"- inference unmerged / base: **{i['unmerged_s'] / i['base_s']:.3f}x** (target <= 1.05); "
-              f"merged / base: **{i['merged_s'] / i['base_s']:.3f}x**",
-              f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced training "
-              f"{lora_rate:.1f} images/s: **{r['data_images_per_s'] / lora_rate:.1f}x** (target >= 3)"]
+    lines += [
+        "",
+        f"- LoRA balanced step / full fine-tuning step: **{t['LoRA balanced']['step_s'] / full['step_s']:.2f}x**"
+        f" (target <= 0.75); peak memory {t['LoRA balanced']['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x",
+        f"- ours / PEFT step on the same Linear modules: **{ours / t[PEFT_EQUAL]['step_s']:.2f}x** at equal capacity, "
+        f"{ours / t[PEFT_SAME_R]['step_s']:.2f}x against PEFT's single r8 on qkv (target <= 1)",
+        f"- inference unmerged / base: **{i['unmerged_s'] / i['base_s']:.3f}x** (target <= 1.05); "
+        f"merged / base: **{i['merged_s'] / i['base_s']:.3f}x**",
+        f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced training "
+        f"{lora_rate:.1f} images/s: **{r['data_images_per_s'] / lora_rate:.1f}x** (target >= 3)",
+    ]
     return "\n".join(lines)
 
 

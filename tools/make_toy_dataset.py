@@ -1,7 +1,7 @@
 """Write the toy shapes dataset (Roboflow layout) to a folder.
 
-    python tools/make_toy_dataset.py --root data/toy --domain shifted --seed 0
-    python -m sam3_lora.train dataset.root=data/toy ...      # then train on it like any COCO export
+python tools/make_toy_dataset.py --root data/toy --domain shifted --seed 0
+python -m sam3_lora.train dataset.root=data/toy ...      # then train on it like any COCO export
 """
 
 import argparse

@@ -17,8 +17,17 @@ from typing import Dict, List
 
 from omegaconf import OmegaConf
 
-COLUMNS = ("overrides", "rank", "alpha", "trainable", "best_val", "heldout_AP", "wall_time_s", "peak_memory_gb",
-           "images_per_s")
+COLUMNS = (
+    "overrides",
+    "rank",
+    "alpha",
+    "trainable",
+    "best_val",
+    "heldout_AP",
+    "wall_time_s",
+    "peak_memory_gb",
+    "images_per_s",
+)
 
 
 def collect(sweep_dir: Path) -> List[Dict]:
@@ -29,12 +38,19 @@ def collect(sweep_dir: Path) -> List[Dict]:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").is_file() else None
         lora = cfg.lora if cfg is not None and cfg.get("lora") else {}
         final = r["results"].get("lora") or r["results"].get("finetuned") or {}
-        rows.append({
-            "overrides": r.get("overrides") or run.name, "rank": lora.get("rank"), "alpha": lora.get("alpha"),
-            "trainable": r["trainable_parameters"], "best_val": r["best_val"], "heldout_AP": final.get("bbox/AP"),
-            "wall_time_s": r["wall_time_s"], "peak_memory_gb": r.get("peak_memory_gb"),
-            "images_per_s": r.get("images_per_s"),
-        })
+        rows.append(
+            {
+                "overrides": r.get("overrides") or run.name,
+                "rank": lora.get("rank"),
+                "alpha": lora.get("alpha"),
+                "trainable": r["trainable_parameters"],
+                "best_val": r["best_val"],
+                "heldout_AP": final.get("bbox/AP"),
+                "wall_time_s": r["wall_time_s"],
+                "peak_memory_gb": r.get("peak_memory_gb"),
+                "images_per_s": r.get("images_per_s"),
+            }
+        )
     if not rows:
         raise SystemExit(f"no finished runs (results.json) under {sweep_dir}")
     return rows
@@ -61,8 +77,11 @@ def plot(rows: List[Dict], path: Path) -> None:
     for ax, key, label in ((axes[0], "rank", "LoRA rank"), (axes[1], "trainable", "trainable parameters")):
         pts = [(r[key], r["best_val"]) for r in rows if r[key] is not None and r["best_val"] is not None]
         for alpha in sorted({r["alpha"] for r in rows}, key=lambda a: (a is None, a)):
-            sel = sorted((r[key], r["best_val"]) for r in rows if r["alpha"] == alpha and r[key] is not None
-                         and r["best_val"] is not None)
+            sel = sorted(
+                (r[key], r["best_val"])
+                for r in rows
+                if r["alpha"] == alpha and r[key] is not None and r["best_val"] is not None
+            )
             if sel:
                 ax.plot(*zip(*sel), marker="o", label=f"alpha {alpha}")
         ax.set_xlabel(label)

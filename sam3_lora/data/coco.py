@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
 from sam3.train.data.coco_json_loaders import COCO_FROM_JSON
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 COLLATE_KEY = "all"
 
@@ -58,8 +57,9 @@ class HardNegativeCocoLoader(COCO_FROM_JSON):
         return kept, annotations
 
 
-def build_transforms(resolution: int, training: bool, hflip: float = 0.5, scale_min: float = 1.0,
-                     max_ann_per_img: int = 200):
+def build_transforms(
+    resolution: int, training: bool, hflip: float = 0.5, scale_min: float = 1.0, max_ann_per_img: int = 200
+):
     """sam3's transform pipeline, as in Meta's fine-tuning configs.
 
     Training: drop crowd objects from the targets, decode masks, random flip, random
@@ -68,10 +68,18 @@ def build_transforms(resolution: int, training: bool, hflip: float = 0.5, scale_
     """
     from sam3.train.transforms.basic import get_random_resize_max_size, get_random_resize_scales
     from sam3.train.transforms.basic_for_api import (
-        ComposeAPI, NormalizeAPI, PadToSizeAPI, RandomHorizontalFlip, RandomResizeAPI, ToTensorAPI,
+        ComposeAPI,
+        NormalizeAPI,
+        PadToSizeAPI,
+        RandomHorizontalFlip,
+        RandomResizeAPI,
+        ToTensorAPI,
     )
     from sam3.train.transforms.filter_query_transforms import (
-        FilterCrowds, FilterEmptyTargets, FilterFindQueriesWithTooManyOut, FlexibleFilterFindGetQueries,
+        FilterCrowds,
+        FilterEmptyTargets,
+        FilterFindQueriesWithTooManyOut,
+        FlexibleFilterFindGetQueries,
     )
     from sam3.train.transforms.segmentation import DecodeRle
 
@@ -95,9 +103,16 @@ def build_transforms(resolution: int, training: bool, hflip: float = 0.5, scale_
     return [ComposeAPI(steps)]
 
 
-def build_dataset(split: Split, resolution: int, training: bool, num_hard_negatives: int = -1,
-                  max_ann_per_img: int = 200, hflip: float = 0.5, scale_min: float = 1.0,
-                  category_chunk_size: Optional[int] = None) -> Dataset:
+def build_dataset(
+    split: Split,
+    resolution: int,
+    training: bool,
+    num_hard_negatives: int = -1,
+    max_ann_per_img: int = 200,
+    hflip: float = 0.5,
+    scale_min: float = 1.0,
+    category_chunk_size: Optional[int] = None,
+) -> Dataset:
     """A ``sam3.train.data.sam3_image_dataset.Sam3ImageDataset`` over one split."""
     from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 
@@ -137,7 +152,7 @@ class ResumableSampler(DistributedSampler):
         self.skip = samples
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.skip:]
+        indices = list(super().__iter__())[self.skip :]
         self.skip = 0
         return iter(indices)
 
@@ -145,8 +160,15 @@ class ResumableSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
-def build_loader(dataset: Dataset, batch_size: int, training: bool, num_workers: int = 0, seed: int = 0,
-                 world_size: int = 1, rank: int = 0) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    training: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): call ``loader.sampler.set_epoch``.
 
     The sampler shards across ranks (DDP) and reshuffles per epoch from the seed; workers

@@ -38,7 +38,10 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tu
     corners = 4 if kind == "square" else 3
     radius = r * (1.25 if kind == "square" else 1.3)
     return [
-        (cx + radius * math.cos(angle + 2 * math.pi * i / corners), cy + radius * math.sin(angle + 2 * math.pi * i / corners))
+        (
+            cx + radius * math.cos(angle + 2 * math.pi * i / corners),
+            cy + radius * math.sin(angle + 2 * math.pi * i / corners),
+        )
         for i in range(corners)
     ]
 
@@ -91,9 +94,13 @@ def _annotation(ann_id: int, image_id: int, kind: str, poly) -> Dict:
     w, h = max(xs) - x0, max(ys) - y0
     area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(poly))))
     return {
-        "id": ann_id, "image_id": image_id, "category_id": CATEGORIES.index(kind) + 1,
-        "bbox": [round(v, 2) for v in (x0, y0, w, h)], "area": round(area, 2),
-        "segmentation": [[round(c, 2) for p in poly for c in p]], "iscrowd": 0,
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORIES.index(kind) + 1,
+        "bbox": [round(v, 2) for v in (x0, y0, w, h)],
+        "area": round(area, 2),
+        "segmentation": [[round(c, 2) for p in poly for c in p]],
+        "iscrowd": 0,
     }
 
 
@@ -117,8 +124,12 @@ def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits:
             images.append({"id": image_id, "file_name": name, "width": size, "height": size})
             for kind, poly in shapes:
                 annotations.append(_annotation(len(annotations) + 1, image_id, kind, poly))
-        coco = {"info": {"description": f"sam3_lora toy shapes, domain={domain}, seed={seed}"},
-                "images": images, "annotations": annotations, "categories": categories}
+        coco = {
+            "info": {"description": f"sam3_lora toy shapes, domain={domain}, seed={seed}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         tmp = folder / f".{ANNOTATIONS}.tmp"
         tmp.write_text(json.dumps(coco))
         os.replace(tmp, folder / ANNOTATIONS)

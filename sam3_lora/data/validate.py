@@ -127,7 +127,10 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
         return report, None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)]
     if missing:
-        report.error("missing top-level keys", f"{ann_path} lacks list(s) {missing}; a COCO file needs images, annotations, categories")
+        report.error(
+            "missing top-level keys",
+            f"{ann_path} lacks list(s) {missing}; a COCO file needs images, annotations, categories",
+        )
         return report, None
 
     images = {}
@@ -152,7 +155,9 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
         for im in images.values():
             problem = _check_image(img_folder / im["file_name"], im["width"], im["height"])
             if problem:
-                report.error("missing or undecodable images", f"image id {im['id']}: {img_folder / im['file_name']} {problem}")
+                report.error(
+                    "missing or undecodable images", f"image id {im['id']}: {img_folder / im['file_name']} {problem}"
+                )
 
     cleaned, changed = [], False
     for ann in coco["annotations"]:
@@ -161,11 +166,13 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
             report.error("annotations of unknown images", f"{where}: no image with id {ann.get('image_id')!r}")
             continue
         if ann.get("category_id") not in categories:
-            report.error("unknown category ids", f"{where}: category_id {ann.get('category_id')!r} is not in categories "
-                         f"{sorted(categories)}")
+            report.error(
+                "unknown category ids",
+                f"{where}: category_id {ann.get('category_id')!r} is not in categories {sorted(categories)}",
+            )
             continue
         if "iscrowd" not in ann:
-            report.error("missing iscrowd", f"{where}: add \"iscrowd\": 0 (1 for crowd regions)")
+            report.error("missing iscrowd", f'{where}: add "iscrowd": 0 (1 for crowd regions)')
             continue
         im = images[ann["image_id"]]
         box = _check_box(ann, im["width"], im["height"], report, where)
@@ -182,7 +189,9 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
     return report, (dict(coco, annotations=cleaned) if changed else None)
 
 
-def validate_and_clean(ann_file, img_folder, out_dir: Path, split: str, check_images: bool = True) -> Tuple[str, ValidationReport]:
+def validate_and_clean(
+    ann_file, img_folder, out_dir: Path, split: str, check_images: bool = True
+) -> Tuple[str, ValidationReport]:
     """Validate one split; raise on errors; return the annotation file to train from."""
     report, cleaned = validate_split(ann_file, img_folder, check_images)
     if report.errors:

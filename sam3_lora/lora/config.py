@@ -37,9 +37,7 @@ def _expand(values, valid, aliases, what: str) -> List[str]:
         elif v in valid:
             out.append(v)
         else:
-            raise LoraConfigError(
-                f"unknown LoRA {what} '{v}'; valid {what}s: {', '.join([*valid, *aliases])}"
-            )
+            raise LoraConfigError(f"unknown LoRA {what} '{v}'; valid {what}s: {', '.join([*valid, *aliases])}")
     return list(dict.fromkeys(out))
 
 

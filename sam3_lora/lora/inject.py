@@ -147,9 +147,7 @@ def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
         lora_ids = {id(p) for p in lora_parameters(model)}
         names = {id(p): n for n, p in model.named_parameters() if id(p) in lora_ids}
         state = {
-            stock_name(k): v.detach().clone()
-            for k, v in model.state_dict(keep_vars=True).items()
-            if id(v) not in names
+            stock_name(k): v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if id(v) not in names
         }
     finally:
         unmerge_lora(model)

@@ -109,9 +109,7 @@ class LoraLinear(nn.Module):
         self.slices = dict(sorted(slices.items(), key=lambda kv: kv[1][0]))
         self.lora = nn.ModuleDict(
             {
-                name: LoraDelta(
-                    base_layer.in_features, stop - start, rank, alpha, dropout, use_rslora
-                )
+                name: LoraDelta(base_layer.in_features, stop - start, rank, alpha, dropout, use_rslora)
                 for name, (start, stop) in self.slices.items()
             }
         )
@@ -262,8 +260,14 @@ class LoraMultiheadAttention(nn.Module):
         mha = self.base_layer
         if self.merged:
             return mha(
-                query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-                attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
             )
         need_weights = need_weights and not self.need_weights_forced_off
         batched = query.dim() == 3
@@ -277,12 +281,19 @@ class LoraMultiheadAttention(nn.Module):
         tgt_len, bsz, embed_dim = query.shape
         heads, head_dim = mha.num_heads, mha.head_dim
         key_padding_mask = F._canonical_mask(
-            mask=key_padding_mask, mask_name="key_padding_mask",
-            other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=query.dtype,
+            mask=key_padding_mask,
+            mask_name="key_padding_mask",
+            other_type=F._none_or_dtype(attn_mask),
+            other_name="attn_mask",
+            target_type=query.dtype,
         )
         attn_mask = F._canonical_mask(
-            mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
-            target_type=query.dtype, check_other=False,
+            mask=attn_mask,
+            mask_name="attn_mask",
+            other_type=None,
+            other_name="",
+            target_type=query.dtype,
+            check_other=False,
         )
         if key_padding_mask is not None:
             is_causal = False
@@ -327,7 +338,9 @@ class LoraMultiheadAttention(nn.Module):
                 q.view(bsz, heads, tgt_len, head_dim),
                 k.view(bsz, heads, src_len, head_dim),
                 v.view(bsz, heads, src_len, head_dim),
-                attn_mask, dropout_p, is_causal and attn_mask is None,
+                attn_mask,
+                dropout_p,
+                is_causal and attn_mask is None,
             )
             out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
 

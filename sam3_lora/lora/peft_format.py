@@ -38,7 +38,7 @@ def _packed(layer: LoraLinear) -> Tuple[torch.Tensor, torch.Tensor, int, float]:
     A = torch.cat([d.lora_A.detach() for d in deltas])
     B = torch.zeros(layer.base_layer.out_features, r * len(deltas))
     for i, (name, (start, stop)) in enumerate(layer.slices.items()):
-        B[start:stop, i * r:(i + 1) * r] = layer.lora[name].lora_B.detach()
+        B[start:stop, i * r : (i + 1) * r] = layer.lora[name].lora_B.detach()
     return A.contiguous(), B.contiguous(), r * len(deltas), scale
 
 
@@ -70,10 +70,20 @@ def peft_adapter(model: nn.Module, allow_partial: bool = False) -> Tuple[dict, D
     if not targets:
         raise PeftExportError("no nn.Linear LoRA updates to export: every target is an attention module")
     config = {
-        "peft_type": "LORA", "task_type": None, "r": cfg.rank, "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout, "use_rslora": cfg.use_rslora, "bias": "none", "target_modules": targets,
-        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "init_lora_weights": True,
-        "fan_in_fan_out": False, "modules_to_save": None, "base_model_name_or_path": None,
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.use_rslora,
+        "bias": "none",
+        "target_modules": targets,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "init_lora_weights": True,
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "base_model_name_or_path": None,
     }
     return config, tensors, left_out
 

@@ -67,9 +67,7 @@ def plan_targets(model: nn.Module, config: LoraConfig) -> TargetPlan:
     """Resolve a LoraConfig against a model; a target or part that matches nothing is an error."""
     plan = TargetPlan()
     regex = re.compile(config.target_regex) if config.target_regex else None
-    attention_out_proj = {
-        f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-    }
+    attention_out_proj = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     target_hits, part_hits = set(), set()
     for name, module in model.named_modules():
         part = part_of(name)

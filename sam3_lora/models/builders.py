@@ -18,9 +18,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from sam3_lora.loss import hungarian_matcher
 from sam3_lora import cpu_compat
 from sam3_lora.errors import UserError
+from sam3_lora.loss import hungarian_matcher
 
 HF_REPO = "facebook/sam3"
 HF_CHECKPOINT = "sam3.pt"
@@ -89,17 +89,49 @@ SIZES = {
     "full": SAM3Size(),
     # ~4M parameters: a training step in well under a second on one CPU core.
     "tiny": SAM3Size(
-        img_size=112, pretrain_img_size=56, vit_dim=64, vit_depth=2, vit_heads=4, vit_mlp_ratio=4.0,
-        window_size=4, global_att_blocks=(1,), text_width=64, text_heads=4, text_layers=2,
-        d_model=64, heads=4, dim_feedforward=128, encoder_layers=1, decoder_layers=2,
-        geometry_layers=1, num_queries=20, drop_path_rate=0.0, dropout=0.0,
+        img_size=112,
+        pretrain_img_size=56,
+        vit_dim=64,
+        vit_depth=2,
+        vit_heads=4,
+        vit_mlp_ratio=4.0,
+        window_size=4,
+        global_att_blocks=(1,),
+        text_width=64,
+        text_heads=4,
+        text_layers=2,
+        d_model=64,
+        heads=4,
+        dim_feedforward=128,
+        encoder_layers=1,
+        decoder_layers=2,
+        geometry_layers=1,
+        num_queries=20,
+        drop_path_rate=0.0,
+        dropout=0.0,
     ),
     # Big enough that matrix work dominates (for CPU benchmarks), still minutes not hours.
     "medium": SAM3Size(
-        img_size=224, pretrain_img_size=112, vit_dim=256, vit_depth=4, vit_heads=8, vit_mlp_ratio=4.0,
-        window_size=8, global_att_blocks=(1, 3), text_width=256, text_heads=8, text_layers=4,
-        d_model=128, heads=8, dim_feedforward=512, encoder_layers=2, decoder_layers=3,
-        geometry_layers=1, num_queries=50, drop_path_rate=0.0, dropout=0.0,
+        img_size=224,
+        pretrain_img_size=112,
+        vit_dim=256,
+        vit_depth=4,
+        vit_heads=8,
+        vit_mlp_ratio=4.0,
+        window_size=8,
+        global_att_blocks=(1, 3),
+        text_width=256,
+        text_heads=8,
+        text_layers=4,
+        d_model=128,
+        heads=8,
+        dim_feedforward=512,
+        encoder_layers=2,
+        decoder_layers=3,
+        geometry_layers=1,
+        num_queries=50,
+        drop_path_rate=0.0,
+        dropout=0.0,
     ),
 }
 
@@ -108,7 +140,10 @@ def _sine(d_model: int, precompute_resolution: Optional[int] = None):
     from sam3.model.position_encoding import PositionEmbeddingSine
 
     return PositionEmbeddingSine(
-        num_pos_feats=d_model, normalize=True, scale=None, temperature=10000,
+        num_pos_feats=d_model,
+        normalize=True,
+        scale=None,
+        temperature=10000,
         precompute_resolution=precompute_resolution,
     )
 
@@ -117,15 +152,15 @@ def _mha(s: SAM3Size, batch_first: bool = False, dropout: Optional[float] = None
     from sam3.model.model_misc import MultiheadAttentionWrapper
 
     return MultiheadAttentionWrapper(
-        num_heads=s.heads, dropout=s.dropout if dropout is None else dropout,
-        embed_dim=s.d_model, batch_first=batch_first,
+        num_heads=s.heads,
+        dropout=s.dropout if dropout is None else dropout,
+        embed_dim=s.d_model,
+        batch_first=batch_first,
     )
 
 
 @cpu_compat.applied()
-def build_sam3_sized(
-    size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: bool = False
-) -> nn.Module:
+def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: bool = False) -> nn.Module:
     """SAM3's image model assembled from sam3's classes, with the stock wiring, at ``size``.
 
     Mirrors ``sam3.model_builder.build_sam3_image_model`` module for module (so LoRA
@@ -135,7 +170,6 @@ def build_sam3_sized(
     from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
-    from sam3.model.memory import CXBlock
     from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
     from sam3.model.necks import Sam3DualViTDetNeck
     from sam3.model.sam3_image import Sam3Image
@@ -148,78 +182,156 @@ def build_sam3_sized(
     s = size
     full_res = s.img_size if s == SIZES["full"] else None  # stock precomputes caches at 1008 px
     vit = ViT(
-        img_size=s.img_size, pretrain_img_size=s.pretrain_img_size, patch_size=s.patch_size,
-        embed_dim=s.vit_dim, depth=s.vit_depth, num_heads=s.vit_heads, mlp_ratio=s.vit_mlp_ratio,
-        norm_layer="LayerNorm", drop_path_rate=s.drop_path_rate, qkv_bias=True, use_abs_pos=True,
-        tile_abs_pos=True, global_att_blocks=s.global_att_blocks, rel_pos_blocks=(), use_rope=True,
-        use_interp_rope=True, window_size=s.window_size, pretrain_use_cls_token=True,
-        retain_cls_token=False, ln_pre=True, ln_post=False, return_interm_layers=False,
+        img_size=s.img_size,
+        pretrain_img_size=s.pretrain_img_size,
+        patch_size=s.patch_size,
+        embed_dim=s.vit_dim,
+        depth=s.vit_depth,
+        num_heads=s.vit_heads,
+        mlp_ratio=s.vit_mlp_ratio,
+        norm_layer="LayerNorm",
+        drop_path_rate=s.drop_path_rate,
+        qkv_bias=True,
+        use_abs_pos=True,
+        tile_abs_pos=True,
+        global_att_blocks=s.global_att_blocks,
+        rel_pos_blocks=(),
+        use_rope=True,
+        use_interp_rope=True,
+        window_size=s.window_size,
+        pretrain_use_cls_token=True,
+        retain_cls_token=False,
+        ln_pre=True,
+        ln_post=False,
+        return_interm_layers=False,
         bias_patch_embed=False,
     )
     neck = Sam3DualViTDetNeck(
-        position_encoding=_sine(s.d_model, full_res), d_model=s.d_model,
-        scale_factors=[4.0, 2.0, 1.0, 0.5], trunk=vit, add_sam2_neck=False,
+        position_encoding=_sine(s.d_model, full_res),
+        d_model=s.d_model,
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
+        trunk=vit,
+        add_sam2_neck=False,
     )
     text = VETextEncoder(
-        tokenizer=SimpleTokenizer(bpe_path=bpe_path or default_bpe_path()), d_model=s.d_model,
-        width=s.text_width, heads=s.text_heads, layers=s.text_layers,
+        tokenizer=SimpleTokenizer(bpe_path=bpe_path or default_bpe_path()),
+        d_model=s.d_model,
+        width=s.text_width,
+        heads=s.text_heads,
+        layers=s.text_layers,
     )
     backbone = SAM3VLBackbone(visual=neck, text=text, scalp=1)
 
     encoder = TransformerEncoderFusion(
         layer=TransformerEncoderLayer(
-            activation="relu", d_model=s.d_model, dim_feedforward=s.dim_feedforward,
-            dropout=s.dropout, pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False,
-            pos_enc_at_cross_attn_queries=False, pre_norm=True,
-            self_attention=_mha(s, batch_first=True), cross_attention=_mha(s, batch_first=True),
+            activation="relu",
+            d_model=s.d_model,
+            dim_feedforward=s.dim_feedforward,
+            dropout=s.dropout,
+            pos_enc_at_attn=True,
+            pos_enc_at_cross_attn_keys=False,
+            pos_enc_at_cross_attn_queries=False,
+            pre_norm=True,
+            self_attention=_mha(s, batch_first=True),
+            cross_attention=_mha(s, batch_first=True),
         ),
-        num_layers=s.encoder_layers, d_model=s.d_model, num_feature_levels=1, frozen=False,
-        use_act_checkpoint=True, add_pooled_text_to_img_feat=False, pool_text_with_mask=True,
+        num_layers=s.encoder_layers,
+        d_model=s.d_model,
+        num_feature_levels=1,
+        frozen=False,
+        use_act_checkpoint=True,
+        add_pooled_text_to_img_feat=False,
+        pool_text_with_mask=True,
     )
     decoder = TransformerDecoder(
         layer=TransformerDecoderLayer(
-            activation="relu", d_model=s.d_model, dim_feedforward=s.dim_feedforward,
-            dropout=s.dropout, cross_attention=_mha(s), n_heads=s.heads,
+            activation="relu",
+            d_model=s.d_model,
+            dim_feedforward=s.dim_feedforward,
+            dropout=s.dropout,
+            cross_attention=_mha(s),
+            n_heads=s.heads,
             use_text_cross_attention=True,
         ),
-        num_layers=s.decoder_layers, num_queries=s.num_queries, return_intermediate=True,
-        box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log", d_model=s.d_model,
-        frozen=False, interaction_layer=None, dac_use_selfatt_ln=True,
-        resolution=full_res, stride=s.patch_size if full_res else None,
-        use_act_checkpoint=True, presence_token=True,
+        num_layers=s.decoder_layers,
+        num_queries=s.num_queries,
+        return_intermediate=True,
+        box_refine=True,
+        num_o2m_queries=0,
+        dac=True,
+        boxRPB="log",
+        d_model=s.d_model,
+        frozen=False,
+        interaction_layer=None,
+        dac_use_selfatt_ln=True,
+        resolution=full_res,
+        stride=s.patch_size if full_res else None,
+        use_act_checkpoint=True,
+        presence_token=True,
     )
     scoring = DotProductScoring(
-        d_model=s.d_model, d_proj=s.d_model,
+        d_model=s.d_model,
+        d_proj=s.d_model,
         prompt_mlp=MLP(
-            input_dim=s.d_model, hidden_dim=s.dim_feedforward, output_dim=s.d_model, num_layers=2,
-            dropout=s.dropout, residual=True, out_norm=nn.LayerNorm(s.d_model),
+            input_dim=s.d_model,
+            hidden_dim=s.dim_feedforward,
+            output_dim=s.d_model,
+            num_layers=2,
+            dropout=s.dropout,
+            residual=True,
+            out_norm=nn.LayerNorm(s.d_model),
         ),
     )
     segmentation_head = UniversalSegmentationHead(
-        hidden_dim=s.d_model, upsampling_stages=3, aux_masks=False, presence_head=False,
-        dot_product_scorer=None, act_ckpt=True, cross_attend_prompt=_mha(s, dropout=0.0),
+        hidden_dim=s.d_model,
+        upsampling_stages=3,
+        aux_masks=False,
+        presence_head=False,
+        dot_product_scorer=None,
+        act_ckpt=True,
+        cross_attend_prompt=_mha(s, dropout=0.0),
         pixel_decoder=PixelDecoder(num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=s.d_model),
     )
     geometry_encoder = SequenceGeometryEncoder(
-        pos_enc=_sine(s.d_model), encode_boxes_as_points=False, points_direct_project=True,
-        points_pool=True, points_pos_enc=True, boxes_direct_project=True, boxes_pool=True,
-        boxes_pos_enc=True, d_model=s.d_model, num_layers=s.geometry_layers,
+        pos_enc=_sine(s.d_model),
+        encode_boxes_as_points=False,
+        points_direct_project=True,
+        points_pool=True,
+        points_pos_enc=True,
+        boxes_direct_project=True,
+        boxes_pool=True,
+        boxes_pos_enc=True,
+        d_model=s.d_model,
+        num_layers=s.geometry_layers,
         layer=TransformerEncoderLayer(
-            activation="relu", d_model=s.d_model, dim_feedforward=s.dim_feedforward,
-            dropout=s.dropout, pos_enc_at_attn=False, pre_norm=True,
-            self_attention=_mha(s), pos_enc_at_cross_attn_queries=False,
-            pos_enc_at_cross_attn_keys=True, cross_attention=_mha(s),
+            activation="relu",
+            d_model=s.d_model,
+            dim_feedforward=s.dim_feedforward,
+            dropout=s.dropout,
+            pos_enc_at_attn=False,
+            pre_norm=True,
+            self_attention=_mha(s),
+            pos_enc_at_cross_attn_queries=False,
+            pos_enc_at_cross_attn_keys=True,
+            cross_attention=_mha(s),
         ),
-        use_act_ckpt=True, add_cls=True, add_post_encode_proj=True,
+        use_act_ckpt=True,
+        add_cls=True,
+        add_post_encode_proj=True,
     )
     # The stock builder's matcher; it lives in the model (out["indices"]) for training.
     matcher = None if eval_mode else hungarian_matcher()
     model = Sam3Image(
         backbone=backbone,
         transformer=TransformerWrapper(encoder=encoder, decoder=decoder, d_model=s.d_model),
-        input_geometry_encoder=geometry_encoder, segmentation_head=segmentation_head,
-        num_feature_levels=1, o2m_mask_predict=True, dot_prod_scoring=scoring,
-        use_instance_query=False, multimask_output=True, inst_interactive_predictor=None,
+        input_geometry_encoder=geometry_encoder,
+        segmentation_head=segmentation_head,
+        num_feature_levels=1,
+        o2m_mask_predict=True,
+        dot_prod_scoring=scoring,
+        use_instance_query=False,
+        multimask_output=True,
+        inst_interactive_predictor=None,
         matcher=matcher,
     )
     init_text_encoder(model)
@@ -285,8 +397,12 @@ def build_sam3(
         )
     with cpu_compat.applied():
         model = build_sam3_image_model(
-            bpe_path=bpe_path or default_bpe_path(), device="cpu", eval_mode=eval_mode,
-            checkpoint_path=None, load_from_HF=False, enable_segmentation=enable_segmentation,
+            bpe_path=bpe_path or default_bpe_path(),
+            device="cpu",
+            eval_mode=eval_mode,
+            checkpoint_path=None,
+            load_from_HF=False,
+            enable_segmentation=enable_segmentation,
         )
     init_text_encoder(model)
     model.image_size = SIZES["full"].img_size
@@ -310,7 +426,7 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise BaseCheckpointError(f"{checkpoint_path} is not a readable PyTorch checkpoint ({e})") from e
     state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    found = {k[len("detector."):] for k in state if k.startswith("detector.")}
+    found = {k[len("detector.") :] for k in state if k.startswith("detector.")}
     expected = set(model.state_dict())
     if len(found & expected) < 0.5 * len(expected):
         raise BaseCheckpointError(
@@ -321,7 +437,9 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
     try:
         _load_checkpoint(model, checkpoint_path)
     except RuntimeError as e:  # size mismatches
-        raise BaseCheckpointError(f"{checkpoint_path} does not fit model '{getattr(model, 'image_size', '?')} px': {e}") from e
+        raise BaseCheckpointError(
+            f"{checkpoint_path} does not fit model '{getattr(model, 'image_size', '?')} px': {e}"
+        ) from e
 
 
 def save_sam3_checkpoint(model: nn.Module, path, **extra) -> Path:
@@ -333,7 +451,9 @@ def save_sam3_checkpoint(model: nn.Module, path, **extra) -> Path:
     return atomic_save({"model": state, **extra}, Path(path))
 
 
-def build_model(name: str, checkpoint_path: Optional[str] = None, overrides: Optional[dict] = None, **kwargs) -> nn.Module:
+def build_model(
+    name: str, checkpoint_path: Optional[str] = None, overrides: Optional[dict] = None, **kwargs
+) -> nn.Module:
     """Entry used by the ``model`` config group: ``sam3`` or a named size."""
     if name == "sam3":
         return build_sam3(checkpoint_path=checkpoint_path, **kwargs)
