@@ -116,3 +116,17 @@ def test_preempted_job_requeues_and_finishes_like_an_uninterrupted_run(slurm, to
     assert got[-1]["segm/AP"] == pytest.approx(want[-1]["segm/AP"], abs=1e-3)
     final = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert final["epoch"] == 12 and final["step"] == 48
+
+
+def test_ddp_across_slurm_tasks(slurm, toy_root, tmp_path):
+    """Two SLURM tasks of one job form a gloo process group from SLURM's variables."""
+    sweep = tmp_path / "sweep"
+    args = _slurm_overrides(toy_root, sweep, "trainer.max_epochs=1", "trainer.batch_size=1")
+    args = [a if a != "hydra.launcher.tasks_per_node=1" else "hydra.launcher.tasks_per_node=2" for a in args]
+    proc = _launch(slurm, args, tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    (log,) = list(sweep.rglob("training.log"))
+    text = log.read_text()
+    assert "x 2 process(es)" in text and "DDP: trainable weights identical on all 2 ranks" in text
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # one log per task
