@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from sam3_lora.errors import UserError, exit_on_user_error
 from sam3_lora.lora.inject import merged_state_dict
 from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
+from sam3_lora.models.builders import save_sam3_state
 from sam3_lora.train import CONF_DIR
 from sam3_lora.tuned import load_tuned, output_dir
 
@@ -41,12 +42,8 @@ def export(cfg: DictConfig) -> Path:
         raise ExportError(f"{out} exists; choose another output or set overwrite=true")
     tuned = load_tuned(cfg)
     if cfg.format == "merged":
-        from sam3_lora.checkpoint import atomic_save
-
-        state = {f"detector.{k}": v for k, v in merged_state_dict(tuned.model).items()}
-        atomic_save(
-            {"model": state, "sam3_lora": {"merged_from": str(tuned.adapter), "base_model": tuned.model_cfg.name}}, out
-        )
+        provenance = {"merged_from": str(tuned.adapter), "base_model": tuned.model_cfg.name}
+        save_sam3_state(merged_state_dict(tuned.model), out, sam3_lora=provenance)
         log.info(
             "merged %s into %s (%.1f MB); load it with sam3.model_builder.build_sam3_image_model("
             "checkpoint_path='%s', load_from_HF=False)",

@@ -27,7 +27,7 @@ from sam3_lora import checkpoint as ckpt
 from sam3_lora import distributed
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
-from sam3_lora.data.validate import validate_and_clean
+from sam3_lora.data.validate import cleaned_path, validate_and_clean
 from sam3_lora.distributed import DistInfo
 from sam3_lora.errors import UserError, exit_on_user_error
 from sam3_lora.loggers import build_loggers
@@ -58,9 +58,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def prepare_data(cfg: DictConfig, run_dir: Path) -> Splits:
-    """Generate toy data if asked, then validate each split (cleaned copies go to the run dir)."""
-    if cfg.get("generate"):
+def prepare_data(cfg: DictConfig, run_dir: Path, validate: bool = True) -> Splits:
+    """Generate toy data if asked, then validate each split (cleaned copies go to the run dir).
+
+    ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data
+    already; take its cleaned copies where it wrote any, without reading every image again.
+    """
+    if cfg.get("generate") and validate:
         g = cfg.generate
         toy.ensure(cfg.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
     out: Dict[str, Optional[Split]] = {}
@@ -69,10 +73,14 @@ def prepare_data(cfg: DictConfig, run_dir: Path) -> Splits:
         if spec is None or (name != "train" and not Path(spec.ann_file).is_file()):
             out[name] = None
             continue
-        ann_file, report = validate_and_clean(
-            spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=cfg.validate.check_images
-        )
-        log.info("data %s", report.summary())
+        if validate:
+            ann_file, report = validate_and_clean(
+                spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=cfg.validate.check_images
+            )
+            log.info("data %s", report.summary())
+        else:
+            cleaned = cleaned_path(run_dir / "data", name)
+            ann_file = str(cleaned) if cleaned.is_file() else spec.ann_file
         out[name] = Split(ann_file=ann_file, img_folder=spec.img_folder)
     return Splits(**out)
 
@@ -121,7 +129,7 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         splits = prepare_data(cfg.dataset, run_dir)
     distributed.barrier(info)
     if not info.is_main:
-        splits = prepare_data(cfg.dataset, run_dir)
+        splits = prepare_data(cfg.dataset, run_dir, validate=False)
     model = instantiate(cfg.model)
     base_name = cfg.model.name
     image_size, num_queries = model.image_size, model.transformer.decoder.num_queries

@@ -189,6 +189,11 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
     return report, (dict(coco, annotations=cleaned) if changed else None)
 
 
+def cleaned_path(out_dir, split: str) -> Path:
+    """Where ``validate_and_clean`` writes a split's repaired annotations (when it repairs any)."""
+    return Path(out_dir) / f"{split}_cleaned.coco.json"
+
+
 def validate_and_clean(
     ann_file, img_folder, out_dir: Path, split: str, check_images: bool = True
 ) -> Tuple[str, ValidationReport]:
@@ -198,9 +203,9 @@ def validate_and_clean(
         raise DataValidationError(f"dataset split '{split}' cannot be used:\n{report.summary()}")
     if cleaned is None:
         return str(ann_file), report
-    out = Path(out_dir) / f"{split}_cleaned.coco.json"
+    out = cleaned_path(out_dir, split)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: other ranks may be reading it
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: a crash never leaves half a file
     tmp.write_text(json.dumps(cleaned))
     os.replace(tmp, out)
     return str(out), report
