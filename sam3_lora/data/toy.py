@@ -21,6 +21,7 @@ import random
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CATEGORIES = ("circle", "square", "triangle")
@@ -28,7 +29,7 @@ DOMAINS = ("base", "shifted")
 DEFAULT_SPLITS = {"train": 48, "valid": 16, "test": 16}
 ANNOTATIONS = "_annotations.coco.json"
 # Bump when the generator's output changes, so cached copies are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
@@ -50,7 +51,10 @@ def _background(rng: random.Random, size: int, domain: str) -> Image.Image:
     if domain == "base":
         shade = rng.randint(20, 60)
         return Image.new("RGB", (size, size), (shade, shade, shade + 10))
-    noise = Image.effect_noise((size, size), rng.uniform(30, 60)).convert("RGB")
+    # Noise from the seeded generator (PIL's effect_noise draws from C rand(), which no seed reaches).
+    sigma = rng.uniform(30, 60)
+    grey = np.random.default_rng(rng.getrandbits(64)).normal(128, sigma, (size, size))
+    noise = Image.fromarray(grey.clip(0, 255).astype(np.uint8)).convert("RGB")
     tint = Image.new("RGB", (size, size), (rng.randint(190, 240), rng.randint(190, 240), rng.randint(170, 220)))
     return Image.blend(tint, noise, 0.35).filter(ImageFilter.GaussianBlur(0.6))
 
