@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sam3_lora.checkpoint import rng_state, set_rng_state
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.loggers import Loggers
@@ -59,6 +60,17 @@ def ensure_toy_base(
         seed=seed,
         splits={"train": train_images, "valid": 0, "test": 0},
     )
+    # Pretraining must not move the caller's random streams: a run then trains the same
+    # whether its base came from the cache or was just made.
+    outer = rng_state()
+    try:
+        _pretrain(data, path, recipe, steps, lr, batch_size, seed)
+    finally:
+        set_rng_state(outer)
+    return path
+
+
+def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch_size: int, seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -92,7 +104,6 @@ def ensure_toy_base(
         )
         trainer.fit()
     save_sam3_checkpoint(model, path, recipe=recipe)
-    return path
 
 
 def build_toy_base_model(

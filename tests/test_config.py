@@ -102,12 +102,19 @@ def test_every_debug_overlay_composes(debug):
 def test_toy_base_model_option_instantiates(tmp_path):
     """model=sam3_tiny_toy trains (here: 2 steps) and caches its base, then reuses it."""
     cfg = _compose(["model=sam3_tiny_toy", f"model.cache_dir={tmp_path}", "model.steps=2", "model.train_images=4"])
+    import torch
+
+    torch.manual_seed(7)
     model = instantiate(cfg.model)
+    after_pretraining = torch.rand(3)
     cached = list(tmp_path.glob("toy_base_*.pt"))
     assert len(cached) == 1 and model.image_size == 112
     mtime = cached[0].stat().st_mtime
+    torch.manual_seed(7)
     instantiate(cfg.model)
     assert cached[0].stat().st_mtime == mtime  # reused, not retrained
+    # Pretraining left the random streams as a cache hit does: runs train alike either way.
+    assert torch.equal(torch.rand(3), after_pretraining)
 
 
 @pytest.mark.parametrize("model", [m for m in GROUPS["model"] if m != "sam3"])
