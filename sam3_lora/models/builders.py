@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from sam3_lora import cpu_compat
+from sam3_lora import cpu_compat, sdpa_checkpoint
 from sam3_lora.errors import UserError
 from sam3_lora.loss import hungarian_matcher
 
@@ -178,6 +178,7 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
     from sam3.model.vitdet import ViT
     from sam3.model.vl_combiner import SAM3VLBackbone
 
+    sdpa_checkpoint.install()  # text-encoder checkpoint recomputes under the forward's attention kernels
     size.check()
     s = size
     full_res = s.img_size if s == SIZES["full"] else None  # stock precomputes caches at 1008 px
@@ -395,6 +396,7 @@ def build_sam3(
             "No SAM3 checkpoint configured: set model.checkpoint_path=/path/to/sam3.pt "
             f"(from https://huggingface.co/{HF_REPO}), or model.load_from_hub=true when online."
         )
+    sdpa_checkpoint.install()
     with cpu_compat.applied():
         model = build_sam3_image_model(
             bpe_path=bpe_path or default_bpe_path(),
