@@ -26,6 +26,14 @@ def tiny_model(tiny_base_state):
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def compose_command(name, **values):
+    """The config of `python -m sam3_lora.<name> key=value ...` (evaluate, predict, export)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=[f"{k}={v}" for k, v in values.items()])
+
+
 def compose_train(overrides):
     """The training config exactly as `python -m sam3_lora.train <overrides>` composes it."""
     from hydra import compose, initialize_config_dir
@@ -74,3 +82,13 @@ def train_in_process(overrides, run_dir):
     (Path(run_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, Path(run_dir) / ".hydra" / "config.yaml")
     return run(cfg, Path(run_dir))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests need a GPU: skipped with the reason where there is none (CI), run by `make test-gpu`."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); run `make test-gpu` on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

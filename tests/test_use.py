@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_overrides, train_in_process
+from conftest import compose_command, tiny_run_overrides, train_in_process
 from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools.coco import COCO
@@ -21,16 +21,7 @@ from sam3_lora import predict as predict_cmd
 from sam3_lora.lora import AdapterError, load_adapter
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
-from sam3_lora.train import CONF_DIR
 from sam3_lora.tuned import RunDirError, load_tuned
-
-
-def _cmd_cfg(name, **values):
-    from hydra import compose, initialize_config_dir
-
-    overrides = [f"{k}={v}" for k, v in values.items()]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def _assert_same_predictions(a, b, tol=1e-4):
 
 
 def test_evaluate_matches_training_and_reports_per_category(trained_run):
-    result = evaluate_cmd.evaluate(_cmd_cfg("evaluate", run_dir=trained_run, num_workers=0))
+    result = evaluate_cmd.evaluate(compose_command("evaluate", run_dir=trained_run, num_workers=0))
     final = json.loads((trained_run / "results.json").read_text())["results"]["lora"]
     for key in ("bbox/AP", "segm/AP", "bbox/AP50", "segm/APm"):
         assert result["metrics"][key] == pytest.approx(final[key], abs=1e-9)
@@ -76,14 +67,14 @@ def test_evaluate_matches_training_and_reports_per_category(trained_run):
     text = (trained_run / "eval_test.txt").read_text()
     assert "AP50" in text and "triangle" in text
 
-    base = evaluate_cmd.evaluate(_cmd_cfg("evaluate", run_dir=trained_run, base=True, num_workers=0))
+    base = evaluate_cmd.evaluate(compose_command("evaluate", run_dir=trained_run, base=True, num_workers=0))
     scored_before_training = json.loads((trained_run / "base_metrics.json").read_text())
     assert base["metrics"]["segm/AP"] == pytest.approx(scored_before_training["segm/AP"], abs=1e-9)
     assert (trained_run / "eval_test_base.json").is_file()
 
 
 def test_merged_export_loads_through_sam3_loader_with_same_predictions(trained_run, tmp_path):
-    out = export_cmd.export(_cmd_cfg("export", run_dir=trained_run, output=tmp_path / "merged.pt"))
+    out = export_cmd.export(compose_command("export", run_dir=trained_run, output=tmp_path / "merged.pt"))
     tuned = load_tuned(OmegaConf.create({"run_dir": str(trained_run), "adapter": None, "base": False}))
     # sam3's own loader (_load_checkpoint strips 'detector.'), on a stock model: no LoRA layers at all.
     merged = build_model("tiny", checkpoint_path=str(out))
@@ -93,12 +84,12 @@ def test_merged_export_loads_through_sam3_loader_with_same_predictions(trained_r
     ckpt = torch.load(out, weights_only=False)
     assert all(k.startswith("detector.") for k in ckpt["model"])
     with pytest.raises(export_cmd.ExportError, match="exists"):  # never overwritten silently
-        export_cmd.export(_cmd_cfg("export", run_dir=trained_run, output=out))
+        export_cmd.export(compose_command("export", run_dir=trained_run, output=out))
 
 
 def test_peft_export_reproduces_outputs_with_peft(linear_only_run, tmp_path):
     peft = pytest.importorskip("peft")
-    out = export_cmd.export(_cmd_cfg("export", run_dir=linear_only_run, format="peft", output=tmp_path / "peft"))
+    out = export_cmd.export(compose_command("export", run_dir=linear_only_run, format="peft", output=tmp_path / "peft"))
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["rank_pattern"]  # packed qkv: block-structured, rank 3r
     tuned = load_tuned(OmegaConf.create({"run_dir": str(linear_only_run), "adapter": None, "base": False}))
@@ -111,17 +102,17 @@ def test_peft_export_reproduces_outputs_with_peft(linear_only_run, tmp_path):
 
 def test_peft_export_refuses_attention_updates_and_writes_nothing(trained_run, tmp_path):
     with pytest.raises(PeftExportError, match="no exact PEFT form.*self_attn.*format=merged"):
-        export_cmd.export(_cmd_cfg("export", run_dir=trained_run, format="peft", output=tmp_path / "p"))
+        export_cmd.export(compose_command("export", run_dir=trained_run, format="peft", output=tmp_path / "p"))
     assert not (tmp_path / "p").exists()
     export_cmd.export(
-        _cmd_cfg("export", run_dir=trained_run, format="peft", output=tmp_path / "p", **{"peft.allow_partial": True})
+        compose_command("export", run_dir=trained_run, format="peft", output=tmp_path / "p", **{"peft.allow_partial": True})
     )
     assert (tmp_path / "p" / "adapter_model.safetensors").is_file()
 
 
 def test_predict_writes_overlays_and_coco_json(trained_run, toy_root, tmp_path):
     out = predict_cmd.run(
-        _cmd_cfg(
+        compose_command(
             "predict",
             run_dir=trained_run,
             images=toy_root / "test",
@@ -171,14 +162,14 @@ def test_predict_never_writes_into_an_existing_output(trained_run, toy_root, tmp
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "keep.txt").write_text("earlier results")
     with pytest.raises(RunDirError, match="already holds files"):
-        predict_cmd.run(_cmd_cfg("predict", run_dir=trained_run, images=toy_root / "test", output=tmp_path / "pred"))
+        predict_cmd.run(compose_command("predict", run_dir=trained_run, images=toy_root / "test", output=tmp_path / "pred"))
     assert [p.name for p in (tmp_path / "pred").iterdir()] == ["keep.txt"]
 
 
 def test_adapter_for_another_base_or_corrupt_is_refused(trained_run, tmp_path):
     with pytest.raises(AdapterError, match="trained on base model 'tiny'"):
         export_cmd.export(
-            _cmd_cfg(
+            compose_command(
                 "export",
                 model="sam3_medium",
                 adapter=trained_run / "adapter_best.safetensors",
@@ -198,7 +189,7 @@ def test_missing_checkpoint_and_missing_run_dir(tmp_path):
 
     with pytest.raises(Exception) as info:  # Hydra wraps errors raised while instantiating
         export_cmd.export(
-            _cmd_cfg(
+            compose_command(
                 "export",
                 adapter=tmp_path / "a.safetensors",
                 output=tmp_path / "m.pt",
@@ -208,7 +199,7 @@ def test_missing_checkpoint_and_missing_run_dir(tmp_path):
     cause = find_user_error(info.value)  # what the command line reports, exit code 2
     assert isinstance(cause, BaseCheckpointError) and "SAM3 checkpoint not found" in str(cause)
     with pytest.raises(RunDirError, match="not a training run directory"):
-        evaluate_cmd.evaluate(_cmd_cfg("evaluate", run_dir=tmp_path))
+        evaluate_cmd.evaluate(compose_command("evaluate", run_dir=tmp_path))
 
 
 def test_inspect_describes_an_adapter(trained_run, capsys, tmp_path):
