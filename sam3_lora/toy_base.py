@@ -40,6 +40,7 @@ def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int
         "train_images": train_images,
         "toy_version": toy.GENERATOR_VERSION,
         "model": "tiny",
+        "threads": 1,  # part of the recipe: float sums, so the weights, depend on the thread count
     }
 
 
@@ -62,11 +63,17 @@ def ensure_toy_base(
     )
     # Pretraining must not move the caller's random streams: a run then trains the same
     # whether its base came from the cache or was just made.
-    outer = rng_state()
+    outer, threads = rng_state(), torch.get_num_threads()
+    # Deliberately on the CPU, on one thread, whatever the machine: the 4M-parameter model is
+    # launch-bound on a GPU, and its small matrices gain nothing from more threads while the data
+    # worker needs a core (2-core CPU: 60 steps in 19 s on one thread, 26 s on two, minutes
+    # when another process is busy; a 16-core GPU machine pretrained at half a 2-core one's speed).
+    torch.set_num_threads(1)
     try:
         _pretrain(data, path, recipe, steps, lr, batch_size, seed)
     finally:
         set_rng_state(outer)
+        torch.set_num_threads(threads)
     return path
 
 
