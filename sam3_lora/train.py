@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora import checkpoint as ckpt
 from sam3_lora import distributed
+from sam3_lora.config_checks import check_train_config
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
@@ -111,6 +112,7 @@ def preflight(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optional[str] = None) -> Dict:
     """Train as configured. Under torchrun or SLURM tasks every process calls this; rank 0
     prepares data, evaluates, logs and writes, the others train their shard."""
+    check_train_config(cfg)
     preflight(cfg)
     info = distributed.init_distributed()
     if not info.is_main:
