@@ -26,13 +26,17 @@ from sam3_lora.distributed import DistInfo
 from sam3_lora.errors import UserError
 from sam3_lora.evaluation import coco_metrics, predict
 from sam3_lora.loggers import Loggers
-from sam3_lora.loss import compute_loss, core_loss
+from sam3_lora.loss import FinitePredictionsMatcher, NonFinitePredictions, compute_loss, core_loss
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss stayed NaN/inf for several consecutive steps."""
+
+
+class DivergedError(NonFiniteLossError):
+    """The trainable weights became NaN/inf: no later batch can recover, so training stops."""
 
 
 class Preempted(UserError, RuntimeError):
@@ -113,6 +117,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
+        self._guard_matcher()  # before DDP wraps the model
         self.loss_fn = loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params)
@@ -152,6 +157,30 @@ class Trainer:
         self._apply_activation_checkpointing()
 
     # ---------------------------------------------------------------- setup
+    def _guard_matcher(self) -> None:
+        matcher = getattr(self.model, "matcher", None)
+        if matcher is not None and not isinstance(matcher, FinitePredictionsMatcher):
+            self.model.matcher = FinitePredictionsMatcher(matcher)
+
+    def _weights_finite(self) -> bool:
+        return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
+
+    def _stop_if_diverged(self) -> None:
+        """Checked where a non-finite loss appears and before anything is evaluated or saved,
+        so NaN weights are never written over the last good checkpoint."""
+        if not self._weights_finite():
+            self._diverged("the trainable weights hold NaN/inf")
+
+    def _diverged(self, what: str) -> None:
+        saved = self.ckpt_dir / ckpt.LAST
+        raise DivergedError(
+            f"training diverged at step {self.step} (epoch {self.epoch + 1}): {what}. Likely cause: the learning "
+            f"rate is too high (optimizer.lr={self.optimizer.defaults.get('lr')!r}; LoRA usually trains at 1e-4 to "
+            f"3e-3), trainer.clip_grad is off, or fp16 overflows (trainer.amp=bf16). Nothing was saved after this "
+            + (f"point: {saved} holds the last saved state." if saved.is_file() else "point; nothing was saved before.")
+            + " Start a new run with a lower optimizer.lr."
+        )
+
     def _apply_activation_checkpointing(self) -> None:
         trunk = getattr(getattr(self.model, "backbone", None), "vision_backbone", None)
         trunk = getattr(trunk, "trunk", None)
@@ -201,6 +230,7 @@ class Trainer:
     def save(self, metrics: Optional[Dict[str, float]], mid_epoch: bool = False) -> None:
         if not self.is_main:
             return
+        self._stop_if_diverged()
         state = self.state()
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if mid_epoch:
@@ -236,6 +266,7 @@ class Trainer:
     def _epochs(self) -> None:
         while self.epoch < self.cfg.max_epochs and not self._step_budget_spent():
             self.train_epoch()
+            self._stop_if_diverged()
             self.epoch += 1
             self.batches_done = 0
             metrics = None
@@ -313,23 +344,15 @@ class Trainer:
         for i, batch in enumerate(bar, start=self.batches_done):
             batch = _to_device(batch, self.device)
             syncing = (i + 1) % accum == 0 or not self.dist.enabled
-            with self.autocast(), contextlib.nullcontext() if syncing else self.forward_module.no_sync():
-                losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
-            loss = core_loss(losses)
-            if not torch.isfinite(loss):
-                self.bad_steps += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                log.warning(
-                    "non-finite loss at epoch %d batch %d (%d in a row); batch skipped",
-                    self.epoch + 1,
-                    i,
-                    self.bad_steps,
-                )
-                if self.bad_steps >= self.cfg.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"loss was NaN/inf for {self.bad_steps} consecutive batches at step {self.step}. The last good "
-                        f"checkpoint is in {self.ckpt_dir}. Try a lower optimizer.lr, trainer.clip_grad=0.1, or trainer.amp=off."
-                    )
+            try:
+                with self.autocast(), contextlib.nullcontext() if syncing else self.forward_module.no_sync():
+                    losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
+                loss = core_loss(losses)
+                finite = bool(torch.isfinite(loss))
+            except NonFinitePredictions:  # valid data cannot cause this: the model itself broke
+                self._diverged("the model's predictions are NaN/inf")
+            if not finite:
+                self._skip_non_finite_batch(i)
                 continue
             self.bad_steps = 0
             with contextlib.nullcontext() if syncing else self.forward_module.no_sync():
@@ -356,6 +379,21 @@ class Trainer:
                 self._stop_for_signal()
             if self._step_budget_spent():
                 break
+
+    def _skip_non_finite_batch(self, index: int) -> None:
+        """A NaN/inf loss or prediction: drop the batch's gradients; stop at once if the weights
+        themselves diverged, or after ``max_bad_steps`` such batches in a row."""
+        self.bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self._stop_if_diverged()
+        log.warning(
+            "non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, index, self.bad_steps
+        )
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"loss was NaN/inf for {self.bad_steps} consecutive batches at step {self.step}. The last good "
+                f"checkpoint is in {self.ckpt_dir}. Try a lower optimizer.lr, trainer.clip_grad=0.1, or trainer.amp=off."
+            )
 
     def _log_window(self, window: dict, losses: dict, bar) -> None:
         elapsed = max(time.time() - window["t"], 1e-9)
