@@ -34,6 +34,14 @@ def compose_train(overrides):
         return compose(config_name="train", overrides=list(overrides))
 
 
+def compose_command(name, **values):
+    """A use command's config (evaluate, predict, export) as `python -m sam3_lora.<name> k=v ...` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=[f"{k}={v}" for k, v in values.items()])
+
+
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
     """A small shifted-domain toy dataset, generated once per test session."""

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import compose_command as _cmd_cfg
 from conftest import tiny_run_overrides, train_in_process
 from omegaconf import OmegaConf
 from PIL import Image
@@ -21,16 +22,7 @@ from sam3_lora import predict as predict_cmd
 from sam3_lora.lora import AdapterError, load_adapter
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
-from sam3_lora.train import CONF_DIR
 from sam3_lora.tuned import RunDirError, load_tuned
-
-
-def _cmd_cfg(name, **values):
-    from hydra import compose, initialize_config_dir
-
-    overrides = [f"{k}={v}" for k, v in values.items()]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
