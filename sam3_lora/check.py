@@ -1,9 +1,10 @@
 """``python -m sam3_lora.check [overrides]``: is this machine ready to train?
 
 The seeds' quick-start checks as one command: Python, PyTorch and CUDA, sam3 and its
-tokenizer vocabulary, the base checkpoint, the data (present and valid), a writable
-output folder. Takes the same overrides as ``sam3_lora.train`` and ends with the
-command to run. Exit code 0 when training can start, 1 otherwise.
+tokenizer vocabulary, the base checkpoint, the data (present and valid), the checkpoint
+``trainer.resume`` names (if set), a writable output folder. Takes the same overrides as
+``sam3_lora.train`` and ends with the command to run. Exit code 0 when training can start,
+1 otherwise.
 """
 
 from __future__ import annotations
@@ -105,6 +106,30 @@ def _data(cfg) -> List[Check]:
     return checks
 
 
+def _resume(cfg) -> List[Check]:
+    """``trainer.resume``: a training checkpoint (or a run directory holding one) that loads."""
+    from sam3_lora import checkpoint as ckpt
+    from sam3_lora.errors import UserError
+
+    explicit = cfg.trainer.get("resume")
+    if not explicit:
+        return []
+    try:
+        # an explicit path does not depend on the run directory (not yet created here)
+        path = ckpt.find_resume_checkpoint(Path("."), str(explicit))
+        state = ckpt.load(path)
+    except UserError as e:
+        return [("trainer.resume", False, str(e))]
+    if not isinstance(state, dict) or "trainable" not in state:
+        problem = (
+            f"{path} loads but is not a training checkpoint (no 'trainable' weights; a base sam3.pt goes in "
+            "model.checkpoint_path, an adapter in adapter= of evaluate/predict/export); point trainer.resume at "
+            f"a run directory or its {ckpt.CHECKPOINT_DIR}/{ckpt.LAST}"
+        )
+        return [("trainer.resume", False, problem)]
+    return [("trainer.resume", True, f"{path} (epoch {state.get('epoch')}, step {state.get('step')})")]
+
+
 def _outputs() -> Check:
     out = Path("outputs")
     try:
@@ -121,7 +146,7 @@ def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    checks = [_python(), *_torch(), *_sam3(), _checkpoint(cfg), *_data(cfg), _outputs()]
+    checks = [_python(), *_torch(), *_sam3(), _checkpoint(cfg), *_data(cfg), *_resume(cfg), _outputs()]
     for what, ok, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
     ready = all(ok for _, ok, _ in checks)

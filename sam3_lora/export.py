@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sam3_lora.errors import UserError, exit_on_user_error
-from sam3_lora.lora.inject import merged_state_dict
+from sam3_lora.lora.inject import base_weights_fingerprint, merged_state_dict
 from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
 from sam3_lora.models.builders import save_sam3_state
 from sam3_lora.train import CONF_DIR
@@ -42,7 +42,14 @@ def export(cfg: DictConfig) -> Path:
         raise ExportError(f"{out} exists; choose another output or set overwrite=true")
     tuned = load_tuned(cfg)
     if cfg.format == "merged":
-        provenance = {"merged_from": str(tuned.adapter), "base_model": tuned.model_cfg.name}
+        provenance = {
+            "merged_from": str(tuned.adapter),
+            "base_model": tuned.model_cfg.name,
+            # what the adapter was trained on and what it was merged into (they differ only
+            # under allow_base_mismatch=true); loading this adapter onto the merged file is refused
+            "adapter_base_weights_fingerprint": tuned.info.base_weights_fingerprint,
+            "base_weights_fingerprint": base_weights_fingerprint(tuned.model, tuned.info.modules_to_save),
+        }
         save_sam3_state(merged_state_dict(tuned.model), out, sam3_lora=provenance)
         log.info(
             "merged %s into %s (%.1f MB); load it with sam3.model_builder.build_sam3_image_model("

@@ -23,7 +23,8 @@ def describe(path) -> str:
     slices = Counter(s for ss in info.targets.values() for s in ss)
     lines = [
         f"adapter: {path}",
-        f"base model: {info.base_model} (architecture fingerprint {info.base_fingerprint})",
+        f"base model: {info.base_model} (architecture fingerprint {info.base_fingerprint}, weights fingerprint "
+        f"{info.base_weights_fingerprint or 'not recorded'})",
         f"LoRA: rank {cfg.rank}, alpha {cfg.alpha:g} (scale {cfg.scale:g}{', rsLoRA' if cfg.use_rslora else ''}), "
         f"dropout {cfg.dropout:g}",
         f"targets: {', '.join(cfg.targets)}; parts: {', '.join(cfg.parts)}"

@@ -3,7 +3,8 @@
 For an image, a folder or a glob, and one or more text prompts, writes an overlay PNG per
 image (masks, boxes, prompt and score) and ``predictions.coco.json``: a COCO dataset whose
 categories are the prompts and whose annotations carry RLE masks, boxes and scores
-(``pycocotools.coco.COCO`` loads it). Every input is checked before anything is written.
+(``pycocotools.coco.COCO`` loads it). Every input is checked before anything is written;
+files in the folder or glob that are not images are skipped and listed in the summary.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import glob
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import hydra
 import numpy as np
@@ -37,19 +38,27 @@ class PredictError(UserError, ValueError):
     """Inputs to predict that cannot be used (no images, undecodable images, no prompts)."""
 
 
-def collect_images(spec: str) -> List[Path]:
+def collect_images(spec: str) -> Tuple[List[Path], List[Path]]:
+    """The images an ``images=`` value names, and what it names that is not an image (skipped)."""
     path = Path(spec)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file():
-        found = [path]
-    else:
-        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if path.is_file():
+        return [path], []
+    entries = sorted(path.iterdir()) if path.is_dir() else sorted(Path(p) for p in glob.glob(spec, recursive=True))
+    is_image = [p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries]
+    found = [p for p, image in zip(entries, is_image) if image]
+    skipped = [p for p, image in zip(entries, is_image) if not image]
     if not found:
         raise PredictError(
             f"images={spec}: no image files there (an image, a folder or a glob; {sorted(IMAGE_SUFFIXES)})"
+            + (f"; found only {_listing(skipped)}" if skipped else "")
         )
-    return found
+    return found, skipped
+
+
+def _listing(paths: Sequence[Path], first: int = 5) -> str:
+    """``a.txt, b.json, sub/ (+3 more)``: names of skipped entries, folders marked."""
+    names = [f"{p.name}/" if p.is_dir() else p.name for p in paths[:first]]
+    return ", ".join(names) + (f" (+{len(paths) - first} more)" if len(paths) > first else "")
 
 
 def load_images(paths: Sequence[Path]) -> List[Image.Image]:
@@ -159,9 +168,23 @@ def coco_result(
     }
 
 
-def _prompts(cfg: DictConfig, tuned) -> List[str]:
-    if cfg.prompts:
-        return [str(p) for p in cfg.prompts]
+def given_prompts(cfg: DictConfig) -> List[str]:
+    """``prompts=`` as text prompts; [] when not given (the run's categories are then used)."""
+    if cfg.prompts is None:
+        return []
+    values = [cfg.prompts] if isinstance(cfg.prompts, str) else list(cfg.prompts)
+    prompts = [str(p).strip() for p in values]
+    if not prompts or not all(prompts):
+        raise PredictError(
+            f"prompts={list(values)!r}: every prompt must be non-empty text; pass e.g. prompts=[person,'hard hat'], "
+            "or leave prompts out to use the run's training categories"
+        )
+    return prompts
+
+
+def _prompts(given: List[str], tuned) -> List[str]:
+    if given:
+        return given
     if tuned.dataset_cfg is not None and Path(tuned.dataset_cfg.train.ann_file).is_file():
         cats = json.loads(Path(tuned.dataset_cfg.train.ann_file).read_text())["categories"]
         return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
@@ -169,10 +192,11 @@ def _prompts(cfg: DictConfig, tuned) -> List[str]:
 
 
 def run(cfg: DictConfig) -> Path:
-    paths = collect_images(cfg.images)
+    given = given_prompts(cfg)
+    paths, skipped = collect_images(cfg.images)
     images = load_images(paths)
     tuned = load_tuned(cfg)
-    prompts = _prompts(cfg, tuned)
+    prompts = _prompts(given, tuned)
     device = resolve_device(cfg.device)
     detections = predict(
         tuned.model.to(device),
@@ -188,15 +212,21 @@ def run(cfg: DictConfig) -> Path:
         by_image.setdefault(d["image_id"], []).append(d)
     for i, (path, image) in enumerate(zip(paths, images)):
         overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
-    (out / "predictions.coco.json").write_text(json.dumps(coco_result(paths, images, detections, prompts)))
+    result = coco_result(paths, images, detections, prompts)
+    result["info"]["skipped"] = [str(p) for p in skipped]
+    (out / "predictions.coco.json").write_text(json.dumps(result))
     log.info(
-        "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s",
+        "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s%s",
         tuned.describe(),
         len(detections),
         len(images),
         prompts,
         cfg.score_threshold,
         out,
+        f"\nskipped {len(skipped)} non-image entr{'y' if len(skipped) == 1 else 'ies'} of images={cfg.images}: "
+        f"{_listing(skipped)}"
+        if skipped
+        else "",
     )
     return out
 

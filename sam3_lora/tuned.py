@@ -3,21 +3,28 @@
 ``run_dir`` brings the run's own model and dataset config (``.hydra/config.yaml``) and its
 best adapter; without it, the ``model`` / ``dataset`` config and ``adapter`` path given on
 the command line are used. ``base=true`` leaves the adapter out (the frozen base).
+
+A run directory is a file anyone could have edited or sent: its model config is built only
+when every ``_target_`` in it is one of this package's model builders (those of the ``model``
+config group), checked after interpolation, before anything is built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+from yaml import YAMLError
 
 from sam3_lora.errors import UserError
 from sam3_lora.lora import AdapterInfo, load_adapter
+from sam3_lora.models.builders import model_builders
 
 
 class RunDirError(UserError, ValueError):
@@ -33,15 +40,62 @@ class Tuned:
     info: Optional[AdapterInfo]
 
     def describe(self) -> str:
-        what = f"model={self.model_cfg.name}"
+        what = f"model={self.model_cfg.get('name')}"
         return f"{what} + adapter {self.adapter}" if self.adapter else f"{what} (frozen base, no adapter)"
 
 
+def run_config_path(run_dir) -> Path:
+    return Path(run_dir) / ".hydra" / "config.yaml"
+
+
 def run_config(run_dir) -> DictConfig:
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    """A run directory's recorded config, as data: nothing in it is built here."""
+    path = run_config_path(run_dir)
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a training run directory (no {path.relative_to(run_dir)})")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} is not a readable run config ({e}); restore it from the training run") from e
+    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("model"), DictConfig):
+        raise RunDirError(f"{path} has no 'model' section; it was not written by sam3_lora.train")
+    return cfg
+
+
+def _targets(node: Any, key: str) -> Iterator[Tuple[str, Any]]:
+    """Every ``(key path, _target_ value)`` in a plain config tree, however deep."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "_target_":
+                yield f"{key}._target_", v
+            else:
+                yield from _targets(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{key}[{i}]")
+
+
+def run_model_config(run_dir) -> Tuple[DictConfig, DictConfig]:
+    """The run's config, and its model config resolved and checked: every ``_target_`` in it
+    (nested ones included) is one of this package's model builders, or nothing is built."""
+    rc, path = run_config(run_dir), run_config_path(run_dir)
+    try:  # resolve first, so an interpolated _target_ is checked as it would be called
+        model = OmegaConf.to_container(rc.model, resolve=True)
+    except OmegaConfBaseException as e:
+        raise RunDirError(f"{path}: the model section does not resolve ({e})") from e
+    allowed = model_builders()
+    targets = list(_targets(model, "model"))
+    if not any(key == "model._target_" for key, _ in targets):
+        raise RunDirError(f"{path}: model has no _target_; it was not written by sam3_lora.train")
+    for key, target in targets:
+        if not isinstance(target, str) or target not in allowed:
+            raise RunDirError(
+                f"{path}: refused {key}={target!r}, not one of this package's model builders "
+                f"(allowed: {', '.join(sorted(allowed))}); nothing was built. A run directory written by "
+                "sam3_lora.train names one of these: restore its .hydra/config.yaml, or pass model=<option> and "
+                "adapter=<file> instead of run_dir="
+            )
+    return rc, OmegaConf.create(model)
 
 
 def run_adapter(run_dir) -> Path:
@@ -54,17 +108,22 @@ def run_adapter(run_dir) -> Path:
 def load_tuned(cfg: DictConfig) -> Tuned:
     """``cfg`` has ``run_dir``, ``adapter``, ``base`` and (without run_dir) ``model`` / ``dataset``."""
     if cfg.get("run_dir"):
-        rc = run_config(cfg.run_dir)
-        model_cfg, dataset_cfg = rc.model, rc.dataset
+        rc, model_cfg = run_model_config(cfg.run_dir)
+        dataset_cfg = rc.get("dataset")
         adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
+        seed = rc.get("seed", 0)
+        if not isinstance(seed, int):
+            raise RunDirError(f"{run_config_path(cfg.run_dir)}: seed={seed!r} is not an integer")
         # Training built the model first thing after seeding: a randomly initialised base
         # (model=sam3_tiny) comes out identical here. Checkpointed bases do not depend on it.
-        torch.manual_seed(rc.seed)
+        torch.manual_seed(seed)
     else:
         model_cfg, dataset_cfg = cfg.model, cfg.get("dataset")
         adapter = None if cfg.get("base") or not cfg.get("adapter") else Path(cfg.adapter)
     model = instantiate(model_cfg)
-    info = load_adapter(model, adapter) if adapter else None
+    if not isinstance(model, nn.Module):
+        raise RunDirError(f"model config {model_cfg.get('name')!r} built a {type(model).__name__}, not a model")
+    info = load_adapter(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
     return Tuned(model.eval(), model_cfg, dataset_cfg, adapter, info)
 
 

@@ -58,7 +58,7 @@ def test_round_trip_reproduces_outputs(trained_adapter, tiny_base_state):
 
 def test_adapter_for_another_base_is_refused(trained_adapter):
     _, path = trained_adapter
-    with pytest.raises(AdapterError, match=r"trained on base model 'tiny'.*model=tiny"):
+    with pytest.raises(AdapterError, match=r"trained on base model 'tiny'.*model=sam3_tiny\)"):
         load_adapter(build_model("medium"), path)
 
 

@@ -1,14 +1,16 @@
 """Adapter files: safetensors weights plus metadata that says what they are.
 
 The metadata names the format, the LoRA config, the adapted modules, the base
-model (config name and an architecture fingerprint) and the versions that wrote
-it, so an adapter describes itself, cannot be taken for a full SAM3 checkpoint,
-and is refused with a clear reason by a model it does not fit.
+model (config name, an architecture fingerprint and a fingerprint of its weights)
+and the versions that wrote it, so an adapter describes itself, cannot be taken
+for a full SAM3 checkpoint, and is refused with a clear reason by a model it does
+not fit, including a base of the same architecture with other weights.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +25,10 @@ from torch import nn
 
 from sam3_lora.errors import UserError
 from sam3_lora.lora.config import LoraConfig
-from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, inject_lora
+from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, base_weights_fingerprint, inject_lora
+from sam3_lora.models.builders import model_option
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sam3_lora.adapter"
 FORMAT_VERSION = "1"
@@ -48,11 +53,12 @@ class AdapterInfo:
     targets: Dict[str, list]
     modules_to_save: list
     base_model: str
-    base_fingerprint: str
+    base_fingerprint: str  # architecture: parameter names and shapes
     versions: Dict[str, str]
+    base_weights_fingerprint: Optional[str] = None  # the base weights' values; None in files from before it
 
     def to_metadata(self) -> Dict[str, str]:
-        return {
+        meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "lora_config": json.dumps(self.config.to_dict()),
@@ -62,6 +68,9 @@ class AdapterInfo:
             "base_fingerprint": self.base_fingerprint,
             "versions": json.dumps(self.versions),
         }
+        if self.base_weights_fingerprint:
+            meta["base_weights_fingerprint"] = self.base_weights_fingerprint
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: Optional[Dict[str, str]], path) -> "AdapterInfo":
@@ -78,6 +87,7 @@ class AdapterInfo:
                 base_model=meta.get("base_model", "unknown"),
                 base_fingerprint=meta["base_fingerprint"],
                 versions=json.loads(meta.get("versions", "{}")),
+                base_weights_fingerprint=meta.get("base_weights_fingerprint"),
             )
         except (KeyError, json.JSONDecodeError) as e:
             raise AdapterError(f"{path}: adapter metadata is incomplete or corrupt ({e!r})") from e
@@ -93,6 +103,7 @@ def save_adapter(model: nn.Module, path, base_model: str) -> Path:
         base_model=base_model,
         base_fingerprint=report.base_fingerprint,
         versions={p: _version(p) for p in ("sam3_lora", "sam3", "torch")},
+        base_weights_fingerprint=report.base_weights_fingerprint,
     )
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     path = Path(path)
@@ -128,11 +139,19 @@ def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
     return info, tensors
 
 
-def load_adapter(model: nn.Module, path) -> AdapterInfo:
+def _model_flag(base_model: str) -> str:
+    """How to ask for ``base_model`` on the command line (``tiny_toy`` -> ``model=sam3_tiny_toy``)."""
+    option = model_option(base_model)
+    return f"model={option}" if option else f"a model config with name: {base_model}"
+
+
+def load_adapter(model: nn.Module, path, allow_base_mismatch: bool = False) -> AdapterInfo:
     """Inject the adapter's LoRA layout into ``model`` (if not already there) and load its weights.
 
     Refuses, naming the mismatch, an adapter made for another architecture, another
-    rank or target set, or with tensors of the wrong shape.
+    rank or target set, with tensors of the wrong shape, or trained on other base weights
+    (unless ``allow_base_mismatch``). Adapters written before the weights fingerprint
+    existed load with a warning.
     """
     info, tensors = read_adapter(path)
     current = base_fingerprint(model)
@@ -140,7 +159,7 @@ def load_adapter(model: nn.Module, path) -> AdapterInfo:
         raise AdapterError(
             f"{path} was trained on base model '{info.base_model}' (architecture {info.base_fingerprint}); "
             f"this model's architecture is {current}. Load it onto the model it was made for "
-            f"(model={info.base_model})."
+            f"({_model_flag(info.base_model)})."
         )
     report = getattr(model, "lora_report", None)
     if report is None:
@@ -166,7 +185,36 @@ def load_adapter(model: nn.Module, path) -> AdapterInfo:
             raise AdapterError(
                 f"{path}: tensor {name} has shape {tuple(value.shape)}, the model expects {tuple(expected[name].shape)}"
             )
+    _check_base_weights(model, info, path, allow_base_mismatch)
     with torch.no_grad():
         for name, value in tensors.items():
             expected[name].copy_(value)
     return info
+
+
+def _check_base_weights(model: nn.Module, info: AdapterInfo, path, allow_base_mismatch: bool) -> None:
+    if info.base_weights_fingerprint is None:
+        log.warning(
+            "%s records no base weights fingerprint (written by sam3_lora %s): loaded without checking that "
+            "this base has the weights it was trained on",
+            path,
+            info.versions.get("sam3_lora", "unknown"),
+        )
+        return
+    current = base_weights_fingerprint(model, info.modules_to_save)
+    if current == info.base_weights_fingerprint:
+        return
+    mismatch = (
+        f"{path} was trained on base weights {info.base_weights_fingerprint} (model '{info.base_model}'), "
+        f"this model's base weights are {current}"
+    )
+    if allow_base_mismatch:
+        log.warning("%s; loaded anyway (allow_base_mismatch): expect predictions unlike the trained run's", mismatch)
+        return
+    raise AdapterError(
+        f"{mismatch}: same architecture, other weights (another checkpoint, seed or fine-tune, or a model "
+        f"this adapter is already merged into), where the adapter gives wrong predictions. Load it onto the base "
+        f"it was trained on ({_model_flag(info.base_model)} with the training run's checkpoint_path, or "
+        f"run_dir=<its training run>), or set allow_base_mismatch=true "
+        f"(load_adapter(..., allow_base_mismatch=True)) to load it anyway."
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,10 +16,15 @@ from sam3_lora.lora.targets import TargetPlan, part_of, plan_targets
 LORA_LAYERS = (LoraLinear, LoraMultiheadAttention)
 
 
+# Values per base tensor that the weights fingerprint reads (see base_weights_fingerprint).
+WEIGHT_SAMPLES = 4096
+
+
 @dataclass
 class InjectionReport:
     config: LoraConfig
     base_fingerprint: str
+    base_weights_fingerprint: str
     # module name -> adapted slices, e.g. {"...attn.qkv": ["q", "v"], "...linear1": ["full"]}
     targets: Dict[str, List[str]] = field(default_factory=dict)
     modules_to_save: Tuple[str, ...] = ()
@@ -42,6 +47,34 @@ def base_fingerprint(model: nn.Module) -> str:
     for name, shape in sorted(_base_shapes(model).items()):
         h.update(f"{name}:{tuple(shape)};".encode())
     return h.hexdigest()[:16]
+
+
+def base_weights_fingerprint(model: nn.Module, modules_to_save: Sequence[str] = ()) -> str:
+    """A hash of the frozen base weights' values, so an adapter can tell the base it was trained on
+    from another of the same architecture (another checkpoint, seed or fine-tune).
+
+    Reads every frozen base parameter (LoRA matrices and ``modules_to_save``, which the adapter
+    replaces, left out) by stock name and shape, and up to ``WEIGHT_SAMPLES`` of its values at
+    a fixed integer stride, as float32 bytes: exact values (no arithmetic), so the same on any
+    device; 4.5M values of 1102 tensors for the 840M model, ~60 ms on a CPU against ~3.4 s to
+    hash all 3.4 GB. Retraining changes nearly every value, so it is caught; an edit confined
+    to values between the samples is not.
+    """
+    skip = {id(p) for p in lora_parameters(model)}
+    skip |= {id(p) for n, p in model.named_parameters() if any(_within(stock_name(n), m) for m in modules_to_save)}
+    params = {stock_name(n): p for n, p in model.named_parameters() if id(p) not in skip}
+    h = hashlib.sha256()
+    for name in sorted(params):
+        flat = params[name].detach().reshape(-1)
+        if flat.numel() > WEIGHT_SAMPLES:
+            flat = flat[torch.arange(WEIGHT_SAMPLES, device=flat.device) * (flat.numel() // WEIGHT_SAMPLES)]
+        h.update(f"{name}:{tuple(params[name].shape)};".encode())
+        h.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _within(name: str, module: str) -> bool:
+    return name.startswith(module + ".")
 
 
 def stock_name(name: str) -> str:
@@ -68,10 +101,14 @@ def inject_lora(model: nn.Module, config: LoraConfig) -> InjectionReport:
     """
     if getattr(model, "lora_report", None) is not None:
         raise RuntimeError("this model already has LoRA injected; build a fresh model to inject another adapter")
-    fingerprint = base_fingerprint(model)
     plan: TargetPlan = plan_targets(model, config)
     kw = dict(rank=config.rank, alpha=config.alpha, dropout=config.dropout, use_rslora=config.use_rslora)
-    report = InjectionReport(config=config, base_fingerprint=fingerprint, modules_to_save=plan.modules_to_save)
+    report = InjectionReport(
+        config=config,
+        base_fingerprint=base_fingerprint(model),
+        base_weights_fingerprint=base_weights_fingerprint(model, plan.modules_to_save),
+        modules_to_save=plan.modules_to_save,
+    )
     for name, slices in plan.linear.items():
         base = model.get_submodule(name)
         _swap(model, name, LoraLinear(base, slices, **kw).to(base.weight.device))

@@ -10,12 +10,14 @@ trains on a CPU in a fraction of a second per step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple
 
 import torch
+import yaml
 from torch import nn
 
 from sam3_lora import cpu_compat, sdpa_checkpoint
@@ -24,6 +26,9 @@ from sam3_lora.loss import hungarian_matcher
 
 HF_REPO = "facebook/sam3"
 HF_CHECKPOINT = "sam3.pt"
+
+# The ``model`` config group: one file per command-line option (``model=<file stem>``).
+MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
 class BaseCheckpointError(UserError, ValueError):
@@ -354,6 +359,26 @@ def init_text_encoder(model: nn.Module) -> None:
             nn.init.normal_(encoder.text_projection, std=encoder.width**-0.5)
 
 
+@functools.lru_cache(maxsize=None)
+def model_options() -> Dict[str, Tuple[str, str]]:
+    """``{option: (_target_, name)}`` for every file of the ``model`` config group."""
+    options = {}
+    for path in sorted(MODEL_CONF_DIR.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        options[path.stem] = (spec.get("_target_"), spec.get("name"))
+    return options
+
+
+def model_builders() -> FrozenSet[str]:
+    """The ``_target_``s the ``model`` config group uses: all a run directory's config may build."""
+    return frozenset(target for target, _ in model_options().values() if target)
+
+
+def model_option(name: str) -> Optional[str]:
+    """The ``model=`` option whose config has ``name: <name>`` (``tiny_toy`` -> ``sam3_tiny_toy``)."""
+    return next((option for option, (_, n) in model_options().items() if n == name), None)
+
+
 def resolve_checkpoint(checkpoint_path: Optional[str], load_from_hub: bool) -> Optional[str]:
     """Where the base weights come from: a file, the hub, or (for tests) nowhere."""
     if checkpoint_path:
@@ -419,16 +444,25 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
     from sam3.model_builder import _load_checkpoint
 
     if str(checkpoint_path).endswith(".safetensors"):
-        raise ValueError(
-            f"{checkpoint_path} is a safetensors file; a sam3_lora adapter is loaded with lora.adapter_path, "
-            "and model.checkpoint_path expects the base sam3.pt."
+        raise BaseCheckpointError(
+            f"{checkpoint_path} is a safetensors file; a sam3_lora adapter is loaded with adapter=path "
+            "(evaluate, predict, export), and model.checkpoint_path expects the base sam3.pt."
         )
     try:
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused.
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise BaseCheckpointError(f"{checkpoint_path} is not a readable PyTorch checkpoint ({e})") from e
+        raise BaseCheckpointError(
+            f"{checkpoint_path} is not a readable PyTorch checkpoint of tensors ({e}); "
+            "model.checkpoint_path expects the base sam3.pt"
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise BaseCheckpointError(
+            f"{checkpoint_path} holds a {type(ckpt).__name__}, not a SAM3 checkpoint (a dict of weights); "
+            "model.checkpoint_path expects the base sam3.pt"
+        )
     state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    found = {k[len("detector.") :] for k in state if k.startswith("detector.")}
+    found = {k[len("detector.") :] for k in state if isinstance(k, str) and k.startswith("detector.")}
     expected = set(model.state_dict())
     if len(found & expected) < 0.5 * len(expected):
         raise BaseCheckpointError(
