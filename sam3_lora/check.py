@@ -1,7 +1,7 @@
 """``python -m sam3_lora.check [overrides]``: is this machine ready to train?
 
 The seeds' quick-start checks as one command: Python, PyTorch and CUDA, sam3 and its
-tokenizer vocabulary, the base checkpoint, the data (present and valid), the checkpoint
+tokenizer vocabulary, the settings' values, the base checkpoint, the data (present and valid), the checkpoint
 ``trainer.resume`` names (if set), a writable output folder. Takes the same overrides as
 ``sam3_lora.train`` and ends with the command to run. Exit code 0 when training can start,
 1 otherwise.
@@ -130,6 +130,16 @@ def _resume(cfg) -> List[Check]:
     return [("trainer.resume", True, f"{path} (epoch {state.get('epoch')}, step {state.get('step')})")]
 
 
+def _settings(cfg) -> Check:
+    from sam3_lora.config_checks import ConfigError, check_train_config
+
+    try:
+        check_train_config(cfg)
+    except ConfigError as e:
+        return "settings", False, str(e)
+    return "settings", True, "trainer, optimizer, scheduler and lora values valid"
+
+
 def _outputs() -> Check:
     out = Path("outputs")
     try:
@@ -146,7 +156,7 @@ def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    checks = [_python(), *_torch(), *_sam3(), _checkpoint(cfg), *_data(cfg), *_resume(cfg), _outputs()]
+    checks = [_python(), *_torch(), *_sam3(), _settings(cfg), _checkpoint(cfg), *_data(cfg), *_resume(cfg), _outputs()]
     for what, ok, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
     ready = all(ok for _, ok, _ in checks)

@@ -36,3 +36,10 @@ def test_data_problems_are_listed(capsys, tmp_path, toy_root, monkeypatch):
     )
     out = capsys.readouterr().out
     assert rc == 1 and "[FAIL] data: train" in out and "category_id 42" in out
+
+
+def test_invalid_settings_are_not_ready(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment=quickstart", "trainer.batch_size=0", "optimizer.lr=-1"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] settings" in out and "trainer.batch_size=0" in out and "optimizer.lr=-1" in out
