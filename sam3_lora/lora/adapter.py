@@ -9,8 +9,6 @@ and is refused with a clear reason by a model it does not fit.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -21,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sam3_lora.checkpoint import atomic_write
 from sam3_lora.errors import UserError
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, inject_lora
@@ -95,17 +94,12 @@ def save_adapter(model: nn.Module, path, base_model: str) -> Path:
         versions={p: _version(p) for p in ("sam3_lora", "sam3", "torch")},
     )
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(
+        path,
+        lambda tmp: save_file(tensors, tmp, metadata=info.to_metadata()),
+        nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+        errors=(SafetensorError,),
+    )
 
 
 def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
