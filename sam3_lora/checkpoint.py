@@ -331,12 +331,25 @@ def load(path) -> Dict[str, Any]:
     if obj.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is a training checkpoint of format {obj.get('format_version')!r}; this sam3_lora reads format "
-            f"{FORMAT_VERSION}. Resume it with the sam3_lora version that wrote it."
+            f"{FORMAT_VERSION}. Resume it with the sam3_lora version that wrote it. {WHAT_RESUMES}"
         )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise CheckpointError(f"{path} is an incomplete training checkpoint (missing {missing}); resume from another.")
+    run = obj.get("run")
+    damaged = [
+        *(["trainable"] if not _all_tensors(obj.get("trainable")) else []),
+        *[k for k in ("epoch", "step") if not isinstance(obj.get(k), int)],
+        *(["run"] if run is not None and not (isinstance(run, dict) and isinstance(run.get("config"), dict)) else []),
+    ]
+    if missing or damaged:
+        raise CheckpointError(
+            f"{path} is an incomplete or damaged training checkpoint (missing {missing}, malformed {damaged}); "
+            f"resume from another, or start a new run. {WHAT_RESUMES}"
+        )
     return obj
+
+
+def _all_tensors(d: Any) -> bool:
+    return isinstance(d, dict) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
 # ---------------------------------------------------------------- same run, same settings

@@ -153,6 +153,20 @@ def _other_torch_file(tmp_path, run_copy, tiny_model):
     return path
 
 
+def _damaged_checkpoint(tmp_path, run_copy, tiny_model):
+    """Tagged as a checkpoint, with the wrong types inside (tensors and plain values only)."""
+    path = tmp_path / "damaged.pt"
+    state = ckpt.load(run_copy / "checkpoints" / "last.pt")
+    torch.save({**state, "trainable": [torch.ones(2)], "epoch": "1", "run": "x"}, path)
+    return path
+
+
+def _newer_format(tmp_path, run_copy, tiny_model):
+    path = tmp_path / "newer.pt"
+    torch.save({**ckpt.load(run_copy / "checkpoints" / "last.pt"), "format_version": ckpt.FORMAT_VERSION + 1}, path)
+    return path
+
+
 def _run_dir_without_checkpoint(tmp_path, run_copy, tiny_model):
     shutil.rmtree(run_copy / "checkpoints")
     return run_copy
@@ -165,6 +179,8 @@ WRONG_KINDS = {
     "truncated checkpoint": (_truncated, ["unreadable as a PyTorch file", "truncated"]),
     "empty file": (_empty, ["unreadable as a PyTorch file"]),
     "other torch file": (_other_torch_file, ["keys ['epoch', 'weights']", "not a training checkpoint"]),
+    "damaged checkpoint": (_damaged_checkpoint, ["damaged", "malformed ['trainable', 'epoch', 'run']"]),
+    "newer format": (_newer_format, ["this sam3_lora reads format", "the sam3_lora version that wrote it"]),
     "run dir without checkpoint": (_run_dir_without_checkpoint, ["no checkpoint at", "checkpoints/last.pt"]),
 }
 
