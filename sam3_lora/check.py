@@ -117,16 +117,9 @@ def _resume(cfg) -> List[Check]:
     try:
         # an explicit path does not depend on the run directory (not yet created here)
         path = ckpt.find_resume_checkpoint(Path("."), str(explicit))
-        state = ckpt.load(path)
+        state = ckpt.load(path)  # refuses other kinds of file, saying what they are
     except UserError as e:
         return [("trainer.resume", False, str(e))]
-    if not isinstance(state, dict) or "trainable" not in state:
-        problem = (
-            f"{path} loads but is not a training checkpoint (no 'trainable' weights; a base sam3.pt goes in "
-            "model.checkpoint_path, an adapter in adapter= of evaluate/predict/export); point trainer.resume at "
-            f"a run directory or its {ckpt.CHECKPOINT_DIR}/{ckpt.LAST}"
-        )
-        return [("trainer.resume", False, problem)]
     return [("trainer.resume", True, f"{path} (epoch {state.get('epoch')}, step {state.get('step')})")]
 
 

@@ -1,68 +1,210 @@
 """Training checkpoints: adapter-only weights plus everything needed to resume exactly.
 
 A checkpoint holds the trainable tensors (LoRA matrices and modules_to_save, or every
-weight when fine-tuning in full), optimizer, scheduler, AMP scaler, RNG states and the
-step counters, never the frozen base. Writes go to a temporary file in the same
-folder and are renamed into place, so a crash, a full disk or a preemption never
-leaves a half-written ``last.pt`` behind.
+weight when fine-tuning in full), optimizer, scheduler, AMP scaler, RNG states, the
+step counters and the run's resolved config, never the frozen base. It holds only
+tensors and plain values (RNG states included), so it is read with
+``torch.load(weights_only=True)``: a crafted file is refused, never executed.
+
+Writes go to a temporary file in the same folder and are renamed into place, so a
+crash, a full disk or a preemption never leaves a half-written ``last.pt`` behind;
+temporary files of saves that were killed are removed when training starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import pickle
 import random
-import tempfile
+import re
+import secrets
+import shutil
+import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from sam3_lora.errors import UserError
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+FORMAT = "sam3_lora.training_checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("trainable", "optimizer", "scheduler", "scaler", "rng", "epoch", "step")
+WHAT_RESUMES = (
+    "A training checkpoint is <run dir>/checkpoints/last.pt (or best.pt, epoch_NNNN.pt); trainer.resume also "
+    "takes the run directory itself."
+)
+# Settings a resumed run may change (dotted prefixes). The run length is honoured, its
+# learning-rate schedule recomputed for the new length; the rest only say where or how
+# often to log, how to find the checkpoint, and how many loader workers to use. Anything
+# else would silently be trained with the checkpoint's optimizer, schedule and adapter.
+RESUMABLE_CHANGES = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.resume",
+    "trainer.auto_resume",
+    "trainer.num_workers",
+    "trainer.log_every",
+    "logger",
+    "model.cache_dir",
+)
+# Hydra rewrites these on every launch; a refused launch puts the accepted ones back.
+HYDRA_RECORD = (".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be written or does not belong to this run."""
+    """A checkpoint that cannot be written or read, or does not belong to this run."""
 
 
+@dataclass
+class Resume:
+    """A training checkpoint to resume from, already read and checked."""
+
+    path: Path
+    state: Dict[str, Any]
+
+
+# ---------------------------------------------------------------- RNG states as plain values
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream, as tensors and plain values (``weights_only`` loads them)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, then rename; nothing half-written survives."""
+# ---------------------------------------------------------------- writing
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{max(n, 1) / 2**10:.1f} KB"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}_{secrets.token_hex(4)}.tmp")
+
+
+_staged: Optional[List[Tuple[Path, Path]]] = None  # (temp file, destination) inside ``written_together``
+
+
+@contextlib.contextmanager
+def written_together():
+    """The atomic writes inside this block take effect together once all are written, or
+    none does (e.g. the best adapter and ``best.pt``: a full disk never leaves one newer)."""
+    global _staged
+    if _staged is not None:
+        raise RuntimeError("written_together blocks do not nest")
+    _staged = staged = []
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _staged = None
+    for tmp, path in staged:  # renames need no space: only the writes above could fail
+        os.replace(tmp, path)
+
+
+def atomic_write(path, write: Callable[[Path], None], nbytes: int, errors: Tuple[type, ...] = ()) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place.
+
+    A failure to write (``OSError``, torch's ``RuntimeError`` "PytorchStreamWriter failed
+    writing file", or any of ``errors``) leaves ``path`` as it was and becomes a
+    CheckpointError naming the file, the space needed and the space free."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_path(path)
     try:
-        torch.save(obj, tmp)
+        # Created as any file is (mode from the umask); writers that make their own 0600 file
+        # (safetensors, mkstemp) get that mode back.
+        open(tmp, "xb").close()
+        mode = os.stat(tmp).st_mode & 0o777
+        write(tmp)
+        os.chmod(tmp, mode)
+        if _staged is not None:
+            _staged.append((tmp, path))
+            return path
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+    except (OSError, RuntimeError, *errors) as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
         raise CheckpointError(
-            f"could not write checkpoint {path}: {e}. The previous checkpoint in {path.parent} is intact; "
-            "free disk space (or set trainer.checkpoint_dir elsewhere) and resume."
+            f"could not write {path} ({e}): it needs about {_size(nbytes)} in {path.parent}, which has {_size(free)} "
+            f"free; {kept}."
         ) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path) -> Path:
+    """``torch.save`` through ``atomic_write``: nothing half-written survives."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), _nbytes(obj))
+
+
+_TEMP_FILE = re.compile(r"^\..+\.(pt|safetensors)\.[^.]+\.tmp$")
+
+
+def remove_stale_temp_files(*folders: Path) -> List[Path]:
+    """Delete the temporary files of saves that were killed before their rename."""
+    removed = []
+    for folder in folders:
+        if Path(folder).is_dir():
+            for f in Path(folder).glob(".*.tmp"):
+                if _TEMP_FILE.match(f.name) and f.is_file():
+                    f.unlink(missing_ok=True)
+                    removed.append(f)
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted saves: %s", len(removed), [str(f) for f in removed])
+    return removed
 
 
 def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -87,6 +229,7 @@ def load_trainable_state(model: torch.nn.Module, state: Dict[str, torch.Tensor],
             params[name].copy_(value)
 
 
+# ---------------------------------------------------------------- reading
 def find_resume_checkpoint(run_dir: Path, explicit: Optional[str]) -> Optional[Path]:
     """An explicit ``trainer.resume`` path, else ``last.pt`` already in this run directory."""
     if explicit:
@@ -94,16 +237,175 @@ def find_resume_checkpoint(run_dir: Path, explicit: Optional[str]) -> Optional[P
         if path.is_dir():
             path = path / CHECKPOINT_DIR / LAST
         if not path.is_file():
-            raise CheckpointError(f"trainer.resume={explicit}: no checkpoint at {path}")
+            raise CheckpointError(f"trainer.resume={explicit}: no checkpoint at {path}. {WHAT_RESUMES}")
         return path
     auto = Path(run_dir) / CHECKPOINT_DIR / LAST
     return auto if auto.is_file() else None
 
 
-def load(path: Path) -> Dict[str, Any]:
+def find_resume(run_dir: Path, explicit: Optional[str], auto_resume: bool) -> Optional[Resume]:
+    """The checkpoint this run continues (``trainer.resume``, else its own ``last.pt``), read and checked."""
+    path = find_resume_checkpoint(run_dir, explicit) if (explicit or auto_resume) else None
+    return Resume(path, load(path)) if path is not None else None
+
+
+def _safetensors_kind(path: Path) -> Optional[str]:
+    """What a safetensors file is, or None when ``path`` is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    from sam3_lora.lora.adapter import FORMAT as ADAPTER_FORMAT
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    if meta.get("format") == ADAPTER_FORMAT:
+        hint = ""
+        if (path.parent / CHECKPOINT_DIR / LAST).is_file():
+            hint = f" The run that wrote it resumes with trainer.resume={path.parent}."
+        return (
+            "a sam3_lora adapter (the LoRA weights a run ships, without optimizer or schedule state; it is used "
+            f"with adapter= by evaluate, predict and export).{hint}"
+        )
+    return "a safetensors weights file, not a training checkpoint."
+
+
+def _refused_pickle(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a sam3_lora training checkpoint: it is {what}, which sam3_lora never unpickles because "
+        "loading it could run code. It was written by another program, an untrusted source, or a sam3_lora older "
+        f"than checkpoint format {FORMAT_VERSION}; it was not loaded. {WHAT_RESUMES}"
+    )
+
+
+def _unreadable(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is unreadable as a PyTorch file ({why}): truncated, or not a checkpoint at all. Delete it to start "
+        f"over, or resume from another. {WHAT_RESUMES}"
+    )
+
+
+def _describe(obj: Any) -> str:
+    """What a loaded PyTorch file that is not a training checkpoint is."""
+    if not isinstance(obj, dict):
+        return f"a PyTorch file holding a {type(obj).__name__}, not a training checkpoint."
+    weights = obj.get("model") if isinstance(obj.get("model"), dict) else obj
+    if any(str(k).startswith("detector.") for k in weights):
+        return (
+            "full SAM3 weights in sam3.pt's layout (a base checkpoint, a toy base, or a lora=none run's "
+            "model_*.pt); base weights go in model.checkpoint_path."
+        )
+    if "trainable" in obj:
+        return f"a training checkpoint of an older sam3_lora (no '{FORMAT}' tag); start a new run."
+    keys = sorted(map(str, obj))
+    return f"a PyTorch file with keys {keys[:6]}{' ...' if len(keys) > 6 else ''}, not a training checkpoint."
+
+
+def load(path) -> Dict[str, Any]:
+    """Read a training checkpoint without executing anything; any other file is refused
+    with what it is and what is expected."""
+    path = Path(path)
+    kind = _safetensors_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind} {WHAT_RESUMES}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode
+            raise _refused_pickle(path, "a bare Python pickle (not a PyTorch zip archive)")
+        raise _unreadable(path, "not a zip archive" if head else "empty file")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        objects = f" ({found.group(1)})" if found else ""
+        what = f"a PyTorch file holding Python objects other than tensors and values{objects}"
+        raise _refused_pickle(path, what) from e
+    except Exception as e:  # noqa: BLE001 - a damaged archive: one clear message
+        raise _unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is {_describe(obj)} {WHAT_RESUMES}")
+    if obj.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({e}); delete it to start over or resume from another"
-        ) from e
+            f"{path} is a training checkpoint of format {obj.get('format_version')!r}; this sam3_lora reads format "
+            f"{FORMAT_VERSION}. Resume it with the sam3_lora version that wrote it. {WHAT_RESUMES}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    run = obj.get("run")
+    damaged = [
+        *(["trainable"] if not _all_tensors(obj.get("trainable")) else []),
+        *[k for k in ("epoch", "step") if not isinstance(obj.get(k), int)],
+        *(["run"] if run is not None and not (isinstance(run, dict) and isinstance(run.get("config"), dict)) else []),
+    ]
+    if missing or damaged:
+        raise CheckpointError(
+            f"{path} is an incomplete or damaged training checkpoint (missing {missing}, malformed {damaged}); "
+            f"resume from another, or start a new run. {WHAT_RESUMES}"
+        )
+    return obj
+
+
+def _all_tensors(d: Any) -> bool:
+    return isinstance(d, dict) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+# ---------------------------------------------------------------- same run, same settings
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def setting_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """(key, old, new) for each setting that differs, except those a resume may change."""
+    old, new = _flatten(saved), _flatten(current)
+    allowed = lambda key: any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)  # noqa: E731
+    missing = object()
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b and not allowed(key):
+            changes.append((key, "(absent)" if a is missing else a, "(absent)" if b is missing else b))
+    return changes
+
+
+def run_record(run_dir: Path, config: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint keeps of the run's settings: the resolved config (to compare a
+    later launch with) and Hydra's record of this launch (to put back after a refusal)."""
+    files = {name: (Path(run_dir) / name).read_text() for name in HYDRA_RECORD if (Path(run_dir) / name).is_file()}
+    return {"config": config, "hydra_files": files}
+
+
+def check_same_settings(resume: Resume, config: Dict[str, Any], run_dir: Path, restore_record: bool = True) -> None:
+    """Refuse to continue a run with settings other than its own (RESUMABLE_CHANGES aside).
+
+    A refused launch in the checkpoint's own run directory restores Hydra's record of the
+    accepted settings there (``restore_record``: one process of a DDP run does), so
+    ``.hydra/config.yaml`` always describes what ran."""
+    record = resume.state.get("run")
+    if not record:
+        return
+    changes = setting_changes(record["config"], config)
+    if not changes:
+        return
+    restored = []
+    if restore_record and resume.path.resolve().parent.parent == Path(run_dir).resolve():
+        for name, text in record.get("hydra_files", {}).items():
+            (Path(run_dir) / name).write_text(text)
+            restored.append(name)
+    show = lambda value: json.dumps(value, default=str)  # noqa: E731
+    listed = "\n".join(f"  {key}: {show(a)} -> {show(b)}" for key, a, b in changes)
+    raise CheckpointError(
+        f"cannot resume {resume.path} with other settings than the run that wrote it:\n{listed}\n"
+        "A resumed run continues that run's adapter, optimizer and learning-rate schedule; of its settings only "
+        f"{', '.join(RESUMABLE_CHANGES)} may change. To continue the run, repeat its settings (drop the overrides "
+        "above); to train with the new ones, start a new run directory (another hydra.run.dir, without "
+        "trainer.resume)."
+        + (f" The run's own settings are back in {', '.join(str(run_dir / n) for n in restored)}." if restored else "")
+    )

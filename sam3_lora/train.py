@@ -125,6 +125,12 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optiona
 
 def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[str], info: DistInfo) -> Dict:
     run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    # The checkpoint to continue, read (never unpickled) and compared with these settings
+    # before any data is read or model built.
+    resume = ckpt.find_resume(run_dir, cfg.trainer.resume, cfg.trainer.auto_resume)
+    if resume is not None:
+        ckpt.check_same_settings(resume, config_dict, run_dir, restore_record=info.is_main)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     tcfg: TrainerConfig = instantiate(cfg.trainer)
     if info.is_main:  # generate / validate once; the others read what rank 0 wrote
@@ -181,7 +187,6 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     train_loader = build_loader(
         train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed, world_size=info.world_size, rank=info.rank
     )
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(
         cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=info.is_main, default_group=sweep_group
     )
@@ -199,6 +204,8 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         cfg=tcfg,
         save_weights=save,
         dist_info=info,
+        run_record=ckpt.run_record(run_dir, config_dict),
+        resume_from=resume,
     )
     log.info(
         "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",

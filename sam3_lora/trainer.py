@@ -113,6 +113,8 @@ class Trainer:
         cfg: TrainerConfig,
         save_weights: Callable[[nn.Module, str], None],
         dist_info: DistInfo = DistInfo(),
+        run_record: Optional[dict] = None,
+        resume_from: Optional[ckpt.Resume] = None,
     ):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -134,6 +136,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / ckpt.CHECKPOINT_DIR
         self.save_weights = save_weights  # (model, "best" | "last"): the shippable adapter or weights
+        self.run_record = run_record  # the run's settings, kept in each checkpoint (ckpt.run_record)
+        self.resume_from = resume_from  # already read and checked by the caller; else found in fit()
         self.dist = dist_info
         self.is_main = dist_info.is_main
         # DDP all-reduces the trainable parameters' gradients; LoRA-only training leaves no
@@ -151,7 +155,7 @@ class Trainer:
         self.images_seen, self.train_time = 0, 0.0  # this process's throughput, this session
         self._previous_handlers: Dict[int, object] = {}
         self.best: Optional[float] = None
-        self.improved = False
+        self.pending_best: Optional[float] = None  # an improved score, recorded once its files are written
         self.bad_steps = 0  # consecutive non-finite losses, across epoch boundaries
         self.history: list = []
         self._apply_activation_checkpointing()
@@ -193,8 +197,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ---------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
+    def state(self, best: Optional[float] = None) -> dict:
         return {
+            "format": ckpt.FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
             "trainable": ckpt.trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -203,22 +209,19 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batches_done": self.batches_done,
-            "best": self.best,
+            "best": self.best if best is None else best,
             "history": self.history,
+            "run": self.run_record,
         }
 
     def resume(self) -> Optional[Path]:
-        path = (
-            ckpt.find_resume_checkpoint(self.run_dir, self.cfg.resume)
-            if (self.cfg.resume or self.cfg.auto_resume)
-            else None
-        )
-        if path is None:
+        found = self.resume_from or ckpt.find_resume(self.run_dir, self.cfg.resume, self.cfg.auto_resume)
+        if found is None:
             return None
-        state = ckpt.load(path)
+        path, state = found.path, found.state
         ckpt.load_trainable_state(self.model, state["trainable"], path)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._load_schedule(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
@@ -227,23 +230,56 @@ class Trainer:
         log.info("resumed from %s at epoch %d (+%d batches), step %d", path, self.epoch, self.batches_done, self.step)
         return path
 
+    def _load_schedule(self, saved: dict) -> None:
+        """The checkpoint's scheduler position; its shape follows this run's config, which may
+        differ from the checkpoint's only in trainer.max_epochs / max_steps (checked before)."""
+        current = self.scheduler.state_dict()
+        if saved.get("lr_lambdas") == current.get("lr_lambdas"):
+            self.scheduler.load_state_dict(saved)
+            return
+        self.scheduler.load_state_dict({**saved, "lr_lambdas": current["lr_lambdas"]})
+        # Continue at the rate the new schedule gives this step (the optimizer holds the old one).
+        sched = self.scheduler
+        for group, base_lr, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * factor(sched.last_epoch)
+        log.info(
+            "the run length changed: learning-rate schedule recomputed for %d optimizer steps, continuing at step %d",
+            self.total_steps,
+            self.scheduler.last_epoch,
+        )
+
     def save(self, metrics: Optional[Dict[str, float]], mid_epoch: bool = False) -> None:
         if not self.is_main:
             return
         self._stop_if_diverged()
+        try:
+            self._save(metrics, mid_epoch)
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(
+                f"{e} Free space in the run directory {self.run_dir}, or copy it to a disk with room and run the "
+                f"same command with hydra.run.dir=<the copy>: training resumes from its last good checkpoint."
+            ) from e
+
+    def _save(self, metrics: Optional[Dict[str, float]], mid_epoch: bool) -> None:
+        if not mid_epoch and metrics is not None and self.pending_best is not None:
+            # The best files (both or neither) first, the score recorded (self.best, then last.pt)
+            # only once they are written: a failed write leaves files and score as they were.
+            with ckpt.written_together():
+                ckpt.atomic_save(self.state(best=self.pending_best), self.ckpt_dir / ckpt.BEST)
+                self.save_weights(self.model, "best")
+            self.best, self.pending_best = self.pending_best, None
         state = self.state()
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if mid_epoch:
             return
         if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
             ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch:04d}.pt")
-        if metrics is not None and self.improved:
-            ckpt.atomic_save(state, self.ckpt_dir / ckpt.BEST)
-            self.save_weights(self.model, "best")
         self.save_weights(self.model, "last")
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> Dict[str, float]:
+        if self.is_main:
+            ckpt.remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         self.resume()
         start = time.time()
         self._install_signal_handlers()
@@ -429,9 +465,8 @@ class Trainer:
             raise KeyError(
                 f"trainer.best_metric '{self.cfg.best_metric}' is not computed; choose from {sorted(metrics)}"
             )
-        self.improved = self.best is None or value > self.best
-        if self.improved:
-            self.best = value
+        improved = self.best is None or value > self.best
+        self.pending_best = value if improved else None  # recorded by save() once the best files are written
         self.history.append({"epoch": self.epoch, "step": self.step, **metrics})
         log.info(
             "eval epoch %d: bbox AP %.4f, segm AP %.4f (best %s %.4f)",
@@ -439,7 +474,7 @@ class Trainer:
             metrics["bbox/AP"],
             metrics["segm/AP"],
             self.cfg.best_metric,
-            self.best,
+            value if improved else self.best,
         )
         self.loggers.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
         if self.is_main:

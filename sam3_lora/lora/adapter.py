@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sam3_lora.checkpoint import atomic_write
 from sam3_lora.errors import UserError
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, base_weights_fingerprint, inject_lora
@@ -106,17 +105,12 @@ def save_adapter(model: nn.Module, path, base_model: str) -> Path:
         base_weights_fingerprint=report.base_weights_fingerprint,
     )
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info.to_metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(
+        path,
+        lambda tmp: save_file(tensors, tmp, metadata=info.to_metadata()),
+        nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
+        errors=(SafetensorError,),
+    )
 
 
 def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
