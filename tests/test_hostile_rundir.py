@@ -360,7 +360,15 @@ def test_check_fails_on_a_resume_that_cannot_be_used(run, capsys, tmp_path, monk
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     code, line = _check(capsys, junk)
-    assert code == 1 and f"checkpoint {junk} is unreadable" in line
+    assert code == 1 and f"{junk} is unreadable as a PyTorch file" in line
     base = save_sam3_checkpoint(tiny_model, tmp_path / "base.pt")
     code, line = _check(capsys, base)
-    assert code == 1 and f"{base} loads but is not a training checkpoint" in line and "model.checkpoint_path" in line
+    assert code == 1 and f"{base} is full SAM3 weights in sam3.pt's layout" in line and "model.checkpoint_path" in line
+
+
+@pytest.mark.parametrize("craft", [crafted_torch_file, crafted_plain_pickle], ids=["torch_zip", "bare_pickle"])
+def test_check_never_unpickles_a_crafted_resume(craft, capsys, tmp_path, monkeypatch, marker):
+    monkeypatch.chdir(tmp_path)
+    evil = craft(tmp_path / "evil.pt", marker)
+    code, line = _check(capsys, evil)
+    assert code == 1 and f"{evil} is not a sam3_lora training checkpoint" in line
