@@ -192,4 +192,6 @@ def test_full_size_training_step_at_1008px(full_base_state, preset, capsys):
     peak = torch.cuda.max_memory_allocated() / 2**30
     trainable = sum(p.numel() for p in _trainable(model).values())
     with capsys.disabled():
-        print(f"\n[full-size 1008 px, batch 1, bf16] lora={preset}: {trainable / 1e6:.2f}M trainable, peak {peak:.1f} GB")
+        print(
+            f"\n[full-size 1008 px, batch 1, bf16] lora={preset}: {trainable / 1e6:.2f}M trainable, peak {peak:.1f} GB"
+        )

@@ -282,9 +282,7 @@ def test_temp_files_of_killed_saves_are_removed_and_nothing_else(toy_root, run_c
 
 
 # ---------------------------------------------------------------- 11. best score and best files agree
-def test_failed_best_write_keeps_the_recorded_best_and_the_best_files_in_step(
-    toy_root, run_copy, monkeypatch, caplog
-):
+def test_failed_best_write_keeps_the_recorded_best_and_the_best_files_in_step(toy_root, run_copy, monkeypatch, caplog):
     last = run_copy / "checkpoints" / "last.pt"
     state = ckpt.load(last)
     state["best"] = -1.0  # below any AP: the next evaluation is an improvement

@@ -30,9 +30,7 @@ def _text_gradients(model, batch, checkpointing: bool):
     with sdpa_kernel(SDPBackend.MATH):
         loss = core_loss(compute_loss(model, build_sam3_loss(num_queries=20), batch))
         loss.backward()
-    return {
-        n: p.grad.clone() for n, p in model.backbone.language_backbone.named_parameters() if p.grad is not None
-    }
+    return {n: p.grad.clone() for n, p in model.backbone.language_backbone.named_parameters() if p.grad is not None}
 
 
 def test_enabled_backends_follow_sdpa_kernel():

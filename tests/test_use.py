@@ -105,7 +105,9 @@ def test_peft_export_refuses_attention_updates_and_writes_nothing(trained_run, t
         export_cmd.export(compose_command("export", run_dir=trained_run, format="peft", output=tmp_path / "p"))
     assert not (tmp_path / "p").exists()
     export_cmd.export(
-        compose_command("export", run_dir=trained_run, format="peft", output=tmp_path / "p", **{"peft.allow_partial": True})
+        compose_command(
+            "export", run_dir=trained_run, format="peft", output=tmp_path / "p", **{"peft.allow_partial": True}
+        )
     )
     assert (tmp_path / "p" / "adapter_model.safetensors").is_file()
 
@@ -162,7 +164,9 @@ def test_predict_never_writes_into_an_existing_output(trained_run, toy_root, tmp
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "keep.txt").write_text("earlier results")
     with pytest.raises(RunDirError, match="already holds files"):
-        predict_cmd.run(compose_command("predict", run_dir=trained_run, images=toy_root / "test", output=tmp_path / "pred"))
+        predict_cmd.run(
+            compose_command("predict", run_dir=trained_run, images=toy_root / "test", output=tmp_path / "pred")
+        )
     assert [p.name for p in (tmp_path / "pred").iterdir()] == ["keep.txt"]
 
 
