@@ -91,8 +91,8 @@ def test_clean_dataset_passes(coco_dir):
 def test_malformed_json_names_line_and_column(coco_dir):
     (coco_dir / "_annotations.coco.json").write_text('{"images": [\n  {"id": 1,,}\n]}')
     report = _errors(coco_dir)
-    (message,) = report.errors["malformed JSON"]
-    assert "_annotations.coco.json line 2 column" in message
+    (message,) = report.errors["unreadable annotation file"]
+    assert "_annotations.coco.json line 2 column" in message and "malformed JSON" in message
 
 
 def test_missing_top_level_keys(coco_dir):
@@ -126,8 +126,10 @@ def test_unknown_category_id(coco_dir):
 
 def test_missing_iscrowd_says_how_to_fix(coco_dir):
     _edit(coco_dir, lambda c: c["annotations"][1].pop("iscrowd"))
-    (message,) = _errors(coco_dir).errors["missing iscrowd"]
-    assert "annotation id 2" in message and '"iscrowd": 0' in message
+    report = _errors(coco_dir)
+    (message,) = report.errors["missing or invalid iscrowd"]
+    assert message == "annotation id 2 (image 1): no iscrowd"
+    assert '"iscrowd": 0' in report.summary()  # the fix
 
 
 def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
@@ -141,35 +143,41 @@ def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
     assert "image id 1 appears more than once" in errors["duplicate image ids"][0]
 
 
-def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(coco_dir, tmp_path):
+def test_boxes_outside_the_image_are_clipped_taken_from_the_mask_or_dropped_and_counted(coco_dir, tmp_path):
     def edit(c):
-        c["annotations"][0]["bbox"] = [50, 40, 30, 20]  # partly outside a 64x48 image
-        c["annotations"][1]["bbox"] = [70, 50, 5, 5]  # entirely outside
-        c["annotations"][3]["bbox"] = [5, 5, 0, 10]  # zero width
+        c["annotations"][0].update(bbox=[50, 40, 30, 20], segmentation=[[50, 40, 80, 40, 80, 60, 50, 60]])  # partly out
+        c["annotations"][1]["bbox"] = [70, 50, 5, 5]  # entirely outside; its RLE mask is inside
+        c["annotations"][3]["bbox"] = [5, 5, 0, 10]  # zero width, no mask
 
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path / "out", "train")
     assert report.repaired == {
         "bbox partly outside the image (clipped)": 1,
-        "bbox outside the image (dropped)": 1,
-        "zero-size bbox (dropped)": 1,
+        "segmentation partly outside the image (clipped)": 1,
+        "bbox outside the image (taken from the mask)": 1,
+        "bbox zero-size, no mask (annotation dropped)": 1,
     }
-    cleaned = json.loads(open(ann_file).read())
-    assert [a["id"] for a in cleaned["annotations"]] == [1, 3]
-    assert cleaned["annotations"][0]["bbox"] == [50, 40, 14, 8]
+    cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
+    assert sorted(cleaned) == [1, 2, 3]
+    assert cleaned[1]["bbox"] == [50, 40, 14, 8]
+    # box and mask agree: the polygon is clipped to the same 14x8 corner, the area recomputed from it
+    mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(cleaned[1]["segmentation"], 48, 64)))
+    assert list(mask_util.toBbox(mask_util.encode(mask))) == [50, 40, 14, 8] and cleaned[1]["area"] == mask.sum()
+    assert cleaned[2]["bbox"] == [35, 5, 20, 30]  # the RLE mask's box
     assert ann_file.endswith("train_cleaned.coco.json")
 
 
-def test_empty_or_invalid_segmentation_is_removed_box_kept(coco_dir, tmp_path):
+def test_invalid_segmentation_is_removed_box_kept_and_empty_means_box_only(coco_dir, tmp_path):
     def edit(c):
-        c["annotations"][0]["segmentation"] = []
+        c["annotations"][0]["segmentation"] = []  # box-only, as Roboflow exports it: valid as it is
         c["annotations"][1]["segmentation"] = [[1, 2, 3]]
 
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
-    assert report.repaired["empty or invalid segmentation (removed, box kept)"] == 2
+    assert report.repaired == {"invalid polygon parts (removed)": 1, "invalid segmentation (removed, box kept)": 1}
     cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
-    assert "segmentation" not in cleaned[1] and cleaned[1]["bbox"] == [10, 10, 20, 20]
+    assert cleaned[1]["segmentation"] == [] and "segmentation" not in cleaned[2]
+    assert cleaned[2]["bbox"] == [35, 5, 20, 30]
 
 
 def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
@@ -185,7 +193,7 @@ def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
     assert "dataset split 'train' cannot be used" in text
     assert (
         "unknown category ids (1)" in text
-        and "missing iscrowd (1)" in text
+        and "missing or invalid iscrowd (1)" in text
         and "missing or undecodable images (1)" in text
     )
 
