@@ -4,7 +4,8 @@ clean ``UserError`` naming the file. Nothing may end in any other exception.
 
 Cases are seeded mutations of a real toy split (polygons, compressed and uncompressed
 RLE, a crowd region, a box-only annotation): fields deleted, values replaced by values of
-other types, list entries deleted or duplicated.
+other types, list entries deleted or duplicated, an image or category renumbered together
+with every reference to it.
 """
 
 import copy
@@ -45,6 +46,7 @@ OTHER_VALUES = (
     {},
     {"counts": "x", "size": [1, 1]},
 )
+ODD_IDS = (0, -5, 2**62, 2**63, 10**30)
 
 
 def _rle(mask: np.ndarray, compressed: bool) -> dict:
@@ -91,11 +93,29 @@ def _shape(path):
     return tuple("*" if isinstance(k, int) else k for k in path)
 
 
+def _renumber(coco: dict, rng: random.Random) -> str:
+    """Give an image or a category an odd id, and every annotation pointing at it the same."""
+    entries, ref = rng.choice((("images", "image_id"), ("categories", "category_id")))
+    if not (isinstance(coco.get(entries), list) and coco[entries] and isinstance(coco[entries][0], dict)):
+        return "renumber: nothing"
+    old, new = coco[entries][0].get("id"), rng.choice(ODD_IDS)
+    coco[entries][0]["id"] = new
+    annotations = coco.get("annotations")
+    for ann in annotations if isinstance(annotations, list) else []:
+        if isinstance(ann, dict) and ann.get(ref) == old:
+            ann[ref] = new
+    return f"renumber {entries}[0] {old!r} -> {new!r}"
+
+
 def mutate(coco: dict, rng: random.Random):
-    """1-3 random deletions, type changes or duplications; returns the case and what was done."""
+    """1-3 random deletions, type changes, duplications or renumberings; returns the case and
+    what was done."""
     coco = copy.deepcopy(coco)
     done = []
     for _ in range(rng.choice((1, 1, 2, 3))):
+        if rng.random() < 0.1:
+            done.append(_renumber(coco, rng))
+            continue
         by_shape = {}
         for path in _paths(coco):
             by_shape.setdefault(_shape(path), []).append(path)

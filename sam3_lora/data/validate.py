@@ -46,9 +46,10 @@ FIXES = {
     "unreadable annotation file": "re-export the file, or point dataset.<split>.ann_file at the right one",
     "missing top-level keys": 'a COCO file is a JSON object with the lists "images", "annotations" and "categories"',
     "empty dataset": "export at least one image and one category into the file",
-    "invalid image entries": 'give each image an integer "id", a "file_name" and positive integer "width" and "height"',
+    "invalid image entries": 'give each image an integer "id" (below 2**63), a "file_name" and positive integer '
+    '"width" and "height"',
     "duplicate image ids": "give each image its own id (and point its annotations at the right one)",
-    "invalid categories": 'give each category an integer "id" and a non-empty "name" (the text prompt)',
+    "invalid categories": 'give each category an integer "id" (below 2**31) and a non-empty "name" (the text prompt)',
     "duplicate category ids": "give each category its own id",
     "duplicate category names": "merge or rename the categories: the name is the text prompt, one prompt "
     "cannot mean two categories",
@@ -102,6 +103,11 @@ class ValidationReport:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id(v, bits: int = 64) -> bool:
+    """An integer id sam3 can carry: it stores image ids as int64, category ids as int32."""
+    return _is_int(v) and -(2 ** (bits - 1)) <= v < 2 ** (bits - 1)
 
 
 def _is_number(v) -> bool:
@@ -327,8 +333,8 @@ def _index_images(coco: dict, report: ValidationReport) -> Dict[int, dict]:
             continue
         ident = f"image id {str(im.get('id', '?'))[:40]} (images[{i}])"
         size = (im.get("width"), im.get("height"))
-        if not _is_int(im.get("id")):
-            report.error("invalid image entries", f"{ident}: id must be an integer")
+        if not _is_id(im.get("id")):
+            report.error("invalid image entries", f"{ident}: id must be a 64-bit integer")
         elif not (isinstance(im.get("file_name"), str) and im["file_name"].strip()):
             report.error("invalid image entries", f"{ident}: file_name {str(im.get('file_name'))[:40]!r}")
         elif not (all(map(_is_int, size)) and min(size) > 0 and size[0] * size[1] <= limit):
@@ -344,8 +350,8 @@ def _index_categories(coco: dict, report: ValidationReport) -> Dict[int, dict]:
     categories: Dict[int, dict] = {}
     names: Dict[str, int] = {}
     for i, cat in enumerate(coco["categories"]):
-        if not (isinstance(cat, dict) and _is_int(cat.get("id"))):
-            report.error("invalid categories", f"categories[{i}] {str(cat)[:60]}: no integer id")
+        if not (isinstance(cat, dict) and _is_id(cat.get("id"), bits=32)):
+            report.error("invalid categories", f"categories[{i}] {str(cat)[:60]}: no 32-bit integer id")
         elif not (isinstance(cat.get("name"), str) and cat["name"].strip()):
             report.error("invalid categories", f"category id {cat['id']}: name {str(cat.get('name'))[:40]!r}")
         elif cat["id"] in categories:
@@ -391,17 +397,17 @@ def validate_split(ann_file, img_folder, check_images: bool = True) -> Tuple[Val
             report.error("invalid annotation entries", f"annotations[{i}] is {str(ann)[:40]}, not an object")
             continue
         where = f"annotation id {str(ann.get('id', '?'))[:40]} (image {str(ann.get('image_id', '?'))[:40]})"
-        if not _is_int(ann.get("id")):
+        if not _is_id(ann.get("id")):
             report.error("invalid annotation entries", f"annotations[{i}]: id {str(ann.get('id'))[:40]!r}")
             continue
         if ann["id"] in ann_ids:
             report.error("duplicate annotation ids", f"annotation id {ann['id']} appears more than once")
             continue
         ann_ids.add(ann["id"])
-        if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+        if not _is_id(ann.get("image_id")) or ann["image_id"] not in images:
             report.error("annotations of unknown images", f"{where}: no image with id {ann.get('image_id')!r}")
             continue
-        if not _is_int(ann.get("category_id")) or ann["category_id"] not in categories:
+        if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
             report.error(
                 "unknown category ids",
                 f"{where}: category_id {ann.get('category_id')!r} is not in categories {sorted(categories)}",
