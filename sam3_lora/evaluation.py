@@ -3,16 +3,26 @@
 Every category is asked of every image (text prompt = category name); sam3's own
 postprocessor turns outputs into boxes, scores and RLE masks at the original image
 size; COCOeval scores them against the split's annotation file.
+
+Annotations without a mask (box-only data, or a segmentation the validator removed)
+count fully for bbox AP; for segm AP their box is an ignore region (as COCO treats
+crowds): a detection there neither counts nor costs, and the note saying how many
+there were goes with the figures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
-from typing import Dict, Iterable, List
+import json
+import logging
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
+
+log = logging.getLogger("sam3_lora.evaluation")
 
 # COCOeval.stats order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -84,21 +94,59 @@ def predict(
     return detections
 
 
-def coco_evaluate(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")):
-    """COCOeval per IoU type: ``({"bbox/AP": ...}, {"bbox": {category name: AP}})``.
+def _ground_truth(dataset: dict):
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = dataset
+    gt.createIndex()
+    return gt
+
+
+def _segm_ground_truth(dataset: dict) -> Tuple[dict, int]:
+    """The split for segm scoring: annotations without a mask become ignore regions over their
+    box (COCOeval's crowd semantics), since COCOeval needs a mask for every annotation."""
+    dataset = copy.copy(dataset)
+    annotations, unmasked = [], 0
+    for ann in dataset["annotations"]:
+        if ann.get("segmentation") in (None, []):
+            x, y, w, h = ann["bbox"]
+            ann = dict(ann, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], iscrowd=1)
+            unmasked += 1
+        annotations.append(ann)
+    dataset["annotations"] = annotations
+    return dataset, unmasked
+
+
+def coco_evaluate(
+    ann_file: str, detections: List[dict], iou_types=("bbox", "segm")
+) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]], List[str]]:
+    """COCOeval per IoU type: ``({"bbox/AP": ...}, {"bbox": {category name: AP}}, notes)``.
 
     A stat is -1 where COCOeval has no ground truth to score it (e.g. no small objects);
-    with no detections at all every stat is 0.
+    with no detections at all every stat is 0. ``notes`` says what the figures leave out
+    (annotations without a mask, for segm).
     """
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     metrics: Dict[str, float] = {}
     per_category: Dict[str, Dict[str, float]] = {}
+    notes: List[str] = []
+    with open(ann_file) as f:
+        dataset = json.load(f)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(ann_file)
-        names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+        gts = {"bbox": _ground_truth(dataset)}
+        if "segm" in iou_types:
+            segm_dataset, unmasked = _segm_ground_truth(dataset)
+            gts["segm"] = _ground_truth(segm_dataset) if unmasked else gts["bbox"]
+            if unmasked:
+                notes.append(
+                    f"segm: {unmasked} of {len(dataset['annotations'])} annotations in {ann_file} have no mask; "
+                    "their boxes are ignore regions (detections there neither count nor cost)"
+                )
+        names = {c["id"]: c["name"] for c in dataset["categories"]}
         for iou_type in iou_types:
+            gt = gts[iou_type]
             if not detections:
                 metrics.update({f"{iou_type}/{n}": 0.0 for n in STAT_NAMES})
                 per_category[iou_type] = {name: 0.0 for name in names.values()}
@@ -114,7 +162,9 @@ def coco_evaluate(ann_file: str, detections: List[dict], iou_types=("bbox", "seg
             for k, cat_id in enumerate(ev.params.catIds):
                 p = precision[:, :, k]
                 per_category[iou_type][names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-    return metrics, per_category
+    for note in notes:
+        log.info("%s", note)
+    return metrics, per_category, notes
 
 
 def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")) -> Dict[str, float]:

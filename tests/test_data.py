@@ -11,15 +11,20 @@ from pycocotools import mask as mask_util
 
 from sam3_lora.data import toy
 from sam3_lora.data.coco import HardNegativeCocoLoader, Split, build_dataset, build_loader
-from sam3_lora.data.validate import DataValidationError, validate_and_clean, validate_split
+from sam3_lora.data.validate import FIXES, DataValidationError, validate_and_clean, validate_split
+from sam3_lora.evaluation import coco_evaluate
 from sam3_lora.train import run
 
 
-def _rle(h, w, box):
+def _mask(h, w, box):
     m = np.zeros((h, w), dtype=np.uint8, order="F")
     x, y, bw, bh = box
     m[y : y + bh, x : x + bw] = 1
-    rle = mask_util.encode(m)
+    return m
+
+
+def _rle(h, w, box):
+    rle = mask_util.encode(_mask(h, w, box))
     rle["counts"] = rle["counts"].decode()
     return rle
 
@@ -91,8 +96,8 @@ def test_clean_dataset_passes(coco_dir):
 def test_malformed_json_names_line_and_column(coco_dir):
     (coco_dir / "_annotations.coco.json").write_text('{"images": [\n  {"id": 1,,}\n]}')
     report = _errors(coco_dir)
-    (message,) = report.errors["malformed JSON"]
-    assert "_annotations.coco.json line 2 column" in message
+    (message,) = report.errors["unreadable annotation file"]
+    assert "_annotations.coco.json line 2 column" in message and "malformed JSON" in message
 
 
 def test_missing_top_level_keys(coco_dir):
@@ -126,8 +131,10 @@ def test_unknown_category_id(coco_dir):
 
 def test_missing_iscrowd_says_how_to_fix(coco_dir):
     _edit(coco_dir, lambda c: c["annotations"][1].pop("iscrowd"))
-    (message,) = _errors(coco_dir).errors["missing iscrowd"]
-    assert "annotation id 2" in message and '"iscrowd": 0' in message
+    report = _errors(coco_dir)
+    (message,) = report.errors["missing or invalid iscrowd"]
+    assert message == "annotation id 2 (image 1): no iscrowd"
+    assert '"iscrowd": 0' in report.summary()  # the fix
 
 
 def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
@@ -141,35 +148,41 @@ def test_annotation_of_unknown_image_and_duplicate_ids(coco_dir):
     assert "image id 1 appears more than once" in errors["duplicate image ids"][0]
 
 
-def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(coco_dir, tmp_path):
+def test_boxes_outside_the_image_are_clipped_taken_from_the_mask_or_dropped_and_counted(coco_dir, tmp_path):
     def edit(c):
-        c["annotations"][0]["bbox"] = [50, 40, 30, 20]  # partly outside a 64x48 image
-        c["annotations"][1]["bbox"] = [70, 50, 5, 5]  # entirely outside
-        c["annotations"][3]["bbox"] = [5, 5, 0, 10]  # zero width
+        c["annotations"][0].update(bbox=[50, 40, 30, 20], segmentation=[[50, 40, 80, 40, 80, 60, 50, 60]])  # partly out
+        c["annotations"][1]["bbox"] = [70, 50, 5, 5]  # entirely outside; its RLE mask is inside
+        c["annotations"][3]["bbox"] = [5, 5, 0, 10]  # zero width, no mask
 
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path / "out", "train")
     assert report.repaired == {
         "bbox partly outside the image (clipped)": 1,
-        "bbox outside the image (dropped)": 1,
-        "zero-size bbox (dropped)": 1,
+        "segmentation partly outside the image (clipped)": 1,
+        "bbox outside the image (taken from the mask)": 1,
+        "bbox zero-size, no mask (annotation dropped)": 1,
     }
-    cleaned = json.loads(open(ann_file).read())
-    assert [a["id"] for a in cleaned["annotations"]] == [1, 3]
-    assert cleaned["annotations"][0]["bbox"] == [50, 40, 14, 8]
+    cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
+    assert sorted(cleaned) == [1, 2, 3]
+    assert cleaned[1]["bbox"] == [50, 40, 14, 8]
+    # box and mask agree: the polygon is clipped to the same 14x8 corner, the area recomputed from it
+    mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(cleaned[1]["segmentation"], 48, 64)))
+    assert list(mask_util.toBbox(mask_util.encode(mask))) == [50, 40, 14, 8] and cleaned[1]["area"] == mask.sum()
+    assert cleaned[2]["bbox"] == [35, 5, 20, 30]  # the RLE mask's box
     assert ann_file.endswith("train_cleaned.coco.json")
 
 
-def test_empty_or_invalid_segmentation_is_removed_box_kept(coco_dir, tmp_path):
+def test_invalid_segmentation_is_removed_box_kept_and_empty_means_box_only(coco_dir, tmp_path):
     def edit(c):
-        c["annotations"][0]["segmentation"] = []
+        c["annotations"][0]["segmentation"] = []  # box-only, as Roboflow exports it: valid as it is
         c["annotations"][1]["segmentation"] = [[1, 2, 3]]
 
     _edit(coco_dir, edit)
     ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
-    assert report.repaired["empty or invalid segmentation (removed, box kept)"] == 2
+    assert report.repaired == {"invalid polygon parts (removed)": 1, "invalid segmentation (removed, box kept)": 1}
     cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
-    assert "segmentation" not in cleaned[1] and cleaned[1]["bbox"] == [10, 10, 20, 20]
+    assert cleaned[1]["segmentation"] == [] and "segmentation" not in cleaned[2]
+    assert cleaned[2]["bbox"] == [35, 5, 20, 30]
 
 
 def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
@@ -185,9 +198,84 @@ def test_errors_stop_training_with_every_problem_listed(coco_dir, tmp_path):
     assert "dataset split 'train' cannot be used" in text
     assert (
         "unknown category ids (1)" in text
-        and "missing iscrowd (1)" in text
+        and "missing or invalid iscrowd (1)" in text
         and "missing or undecodable images (1)" in text
     )
+    for kind in ("unknown category ids", "missing or invalid iscrowd", "missing or undecodable images"):
+        assert f"{kind} (1) - fix: {FIXES[kind]}" in text  # each kind of problem says how to fix it
+
+
+def test_wrong_types_and_duplicates_are_errors_not_crashes(coco_dir):
+    def edit(c):
+        c["images"][1]["width"] = "64"
+        c["categories"][2]["name"] = "cat"  # the same prompt as category 1
+        c["annotations"][1]["iscrowd"] = "0"  # truthy: COCOeval would treat it as a crowd
+        c["annotations"][3]["id"] = 1
+        c["annotations"].append(7)
+
+    _edit(coco_dir, edit)
+    errors = _errors(coco_dir).errors
+    assert errors["invalid image entries"] == ["image id 2 (images[1]): width x height '64' x 48"]
+    assert errors["duplicate category names"] == ["categories 1 and 3: 'cat'"]
+    assert errors["missing or invalid iscrowd"] == ["annotation id 2 (image 1): iscrowd '0'"]
+    assert errors["duplicate annotation ids"] == ["annotation id 1 appears more than once"]
+    assert errors["invalid annotation entries"] == ["annotations[4] is 7, not an object"]
+
+
+def test_hostile_geometry_is_repaired_without_exhausting_memory(coco_dir, tmp_path):
+    """An RLE whose runs overrun the image (pycocotools would write past its buffer) and a polygon
+    reaching 1e12 px outside (pycocotools would allocate points along all of it)."""
+    big = mask_util.encode(np.asfortranarray(np.ones((96, 64), np.uint8)))["counts"].decode()
+
+    def edit(c):
+        c["annotations"][1]["segmentation"] = {"size": [48, 64], "counts": big}
+        c["annotations"][0]["segmentation"] = [[10, 10, 1e12, 10, 1e12, 30, 10, 30]]
+        c["annotations"][0].pop("area")
+
+    _edit(coco_dir, edit)
+    ann_file, report = validate_and_clean(coco_dir / "_annotations.coco.json", coco_dir, tmp_path, "train")
+    assert report.repaired == {
+        "invalid segmentation (removed, box kept)": 1,
+        "segmentation partly outside the image (clipped)": 1,
+        "missing or invalid area (computed)": 1,
+    }
+    cleaned = {a["id"]: a for a in json.loads(open(ann_file).read())["annotations"]}
+    assert cleaned[1]["segmentation"] == [[10, 10, 64.0, 10.0, 64.0, 30.0, 10, 30]] and cleaned[1]["area"] == 54 * 20
+    assert "segmentation" not in cleaned[2]
+
+
+def test_training_images_without_prompts_are_left_out_and_counted(coco_dir, caplog):
+    split = Split(str(coco_dir / "_annotations.coco.json"), str(coco_dir))
+    _edit(coco_dir, lambda c: c["annotations"].pop(1))  # image 2 keeps only the crowd and the box-only dog
+    _edit(coco_dir, lambda c: c["images"].append(dict(c["images"][1], id=3)))  # an image without annotations
+    with caplog.at_level("INFO", logger="sam3_lora.data"):
+        ds = build_dataset(split, resolution=56, training=True, num_hard_negatives=0, hflip=0.0)
+    assert len(ds) == 2 and "1 of 3 images have no annotation" in caplog.text
+    _edit(coco_dir, lambda c: c.update(annotations=[]))
+    with pytest.raises(DataValidationError, match="no image has a prompt to train on"):
+        build_dataset(split, resolution=56, training=True, num_hard_negatives=0)
+
+
+def test_segm_ap_treats_annotations_without_a_mask_as_ignore_regions(coco_dir):
+    """Box-only annotations made COCOeval raise KeyError('segmentation'). A detection on one now
+    neither counts nor costs for segm AP, and counts as found for bbox AP."""
+
+    def detection(image_id, category_id, box, score):
+        x, y, w, h = box
+        rle = mask_util.encode(np.asfortranarray(_mask(48, 64, box)))
+        return {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}}  # fmt: skip
+
+    detections = [
+        detection(1, 1, [10, 10, 20, 20], 0.9),  # the cat's polygon
+        detection(1, 2, [35, 5, 20, 30], 0.8),  # the dog's RLE
+        detection(2, 2, [5, 5, 10, 10], 0.95),  # the box-only dog, ranked first
+    ]
+    metrics, per_category, notes = coco_evaluate(str(coco_dir / "_annotations.coco.json"), detections)
+    assert per_category["segm"]["dog"] == pytest.approx(1.0)  # not a false positive
+    assert per_category["bbox"]["dog"] == pytest.approx(1.0)  # found
+    assert notes == [f"segm: 1 of 4 annotations in {coco_dir / '_annotations.coco.json'} have no mask; "
+                     "their boxes are ignore regions (detections there neither count nor cost)"]  # fmt: skip
 
 
 def test_bad_dataset_stops_the_cli_run(coco_dir, tmp_path, toy_root):

@@ -4,6 +4,9 @@ Category names become text prompts. Every image yields one query per category
 present, plus up to ``num_hard_negatives`` queries for categories absent from it
 (so the tuned model keeps respecting its prompt). Evaluation asks every category
 of every image, so false positives on absent categories count against AP.
+
+Every image is used exactly once per pass: an image that fails to load stops with
+its file, id and fix (sam3's dataset would silently load the next image instead).
 """
 
 from __future__ import annotations
@@ -11,15 +14,37 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from PIL import Image
 from sam3.train.data.coco_json_loaders import COCO_FROM_JSON
+from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sam3_lora.data.validate import DataValidationError
+from sam3_lora.errors import UserError
+
+log = logging.getLogger("sam3_lora.data")
+
 COLLATE_KEY = "all"
+
+
+class ImageLoadError(UserError, RuntimeError):
+    """An image could not be loaded while training or evaluating (it was changed after
+    validation, or validation was off)."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker's error reaches the main process as "Caught ImageLoadError in
+        # DataLoader worker ... Original Traceback ...: <message>": keep the message only.
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.split(marker, 1)[1].rstrip()
+        super().__init__(message)
 
 
 @dataclass
@@ -103,6 +128,75 @@ def build_transforms(
     return [ComposeAPI(steps)]
 
 
+class StrictImageDataset(Sam3ImageDataset):
+    """sam3's dataset without its retry loop, which answers a datapoint that fails to load
+    with the next one (so an image is skipped, another counted twice, and AP computed on
+    that without a word). Here a failure stops with the image's file, id and the fix.
+
+    Training datapoints without any prompt (an image without annotations when
+    ``num_hard_negatives=0``) are left out up front and counted in the log.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.training:
+            self._drop_promptless()
+            self._log_prompts_over_cap()
+
+    def _drop_promptless(self) -> None:
+        if self.coco.include_negatives:  # every image is asked for absent categories too
+            return
+        chunks = len(self.coco.category_chunks)
+        keep = [i for i, d in enumerate(self.ids.tolist()) if self.coco._raw_data[d // chunks]["annotations"]]
+        if not keep:
+            raise DataValidationError(
+                f"{self.annFile}: no image has a prompt to train on (no annotations, and "
+                "dataset.num_hard_negatives=0); annotate the split, or set dataset.num_hard_negatives=-1"
+            )
+        if len(keep) < len(self.ids):
+            log.info(
+                "%s: %d of %d images have no annotation and so no prompt (dataset.num_hard_negatives=0): left out",
+                self.annFile,
+                len(self.ids) - len(keep),
+                len(self.ids),
+            )
+            self.ids, self.repeat_factors = self.ids[keep], self.repeat_factors[keep]
+
+    def _log_prompts_over_cap(self) -> None:
+        # crowd regions are not targets (FilterCrowds runs before the cap)
+        over = sum(
+            n > self.max_ann_per_img
+            for entry in self.coco._raw_data
+            for n in Counter(a["category_id"] for a in entry["annotations"] if not a["iscrowd"]).values()
+        )
+        if over:
+            log.warning(
+                "%s: %d prompts (image, category) have more than dataset.max_ann_per_img=%d objects and are left "
+                "out of training; raise dataset.max_ann_per_img to keep them",
+                self.annFile,
+                over,
+                self.max_ann_per_img,
+            )
+
+    def __getitem__(self, idx):
+        datapoint = self._load_datapoint(idx)  # what Sam3ImageDataset.__getitem__ does, without its retries
+        for transform in self._transforms:
+            datapoint = transform(datapoint, epoch=self.curr_epoch)
+        return datapoint
+
+    def _load_images(self, datapoint_id, img_ids_to_load=None):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # sam3 prints "File not found" before raising
+                return super()._load_images(datapoint_id, img_ids_to_load)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            (meta,) = self.coco.loadImagesFromDatapoint(datapoint_id)
+            raise ImageLoadError(
+                f"{self.annFile}: image id {meta['coco_img_id']} ({Path(self.root) / meta['file_name']}) cannot be "
+                f"loaded: {e}\n  Fix: restore or re-export the image, or delete it and its annotations from the JSON; "
+                "dataset.validate.check_images=true (the default) checks every image before the run starts"
+            ) from None
+
+
 def build_dataset(
     split: Split,
     resolution: int,
@@ -113,15 +207,13 @@ def build_dataset(
     scale_min: float = 1.0,
     category_chunk_size: Optional[int] = None,
 ) -> Dataset:
-    """A ``sam3.train.data.sam3_image_dataset.Sam3ImageDataset`` over one split."""
-    from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
-
+    """A ``StrictImageDataset`` (sam3's ``Sam3ImageDataset``, every image exactly once) over one split."""
     if training:
         loader = functools.partial(HardNegativeCocoLoader, num_hard_negatives=num_hard_negatives)
     else:
         loader = functools.partial(COCO_FROM_JSON, include_negatives=True, category_chunk_size=category_chunk_size)
     with contextlib.redirect_stdout(io.StringIO()):  # sam3 prints "Raw dataset length = N"
-        return Sam3ImageDataset(
+        return StrictImageDataset(
             img_folder=split.img_folder,
             ann_file=split.ann_file,
             transforms=build_transforms(resolution, training, hflip, scale_min, max_ann_per_img),
