@@ -12,7 +12,8 @@ from typing import Any, Iterable, List
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sam3_lora.errors import UserError
 from sam3_lora.evaluation import STAT_NAMES
@@ -108,6 +109,11 @@ def _check_group(cfg: DictConfig, group: str, check, problems: List[str]) -> Non
 def check_train_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` listing every invalid setting of a training config."""
     problems: List[str] = []
+    try:  # every ${...} must resolve: the run records (and compares on resume) the resolved config
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
     _check_group(cfg, "trainer", _check_trainer, problems)
     _check_group(cfg, "optimizer", _check_optimizer, problems)
     _check_group(cfg, "scheduler", _check_scheduler, problems)

@@ -92,3 +92,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def train_interrupted_then_resumed(overrides, run_dir, monkeypatch, at_epoch: int = 1):
+    """Train in ``run_dir``, interrupted as epoch ``at_epoch`` starts (after its checkpoint), then
+    the same command again, which resumes from it; returns the second run's summary."""
+    from sam3_lora import checkpoint as ckpt
+    from sam3_lora.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def preempted(self):
+        if self.epoch == at_epoch:
+            raise KeyboardInterrupt("simulated preemption")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        train_in_process(overrides, run_dir)
+    assert ckpt.load(Path(run_dir) / ckpt.CHECKPOINT_DIR / ckpt.LAST)["epoch"] == at_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    return train_in_process(overrides, run_dir)

@@ -10,7 +10,13 @@ import json
 
 import pytest
 import torch
-from conftest import compose_command, compose_train, tiny_run_overrides, train_in_process
+from conftest import (
+    compose_command,
+    compose_train,
+    tiny_run_overrides,
+    train_in_process,
+    train_interrupted_then_resumed,
+)
 from hydra.utils import instantiate
 from safetensors.torch import load_file
 from sam3.model.utils.misc import copy_data_to_device
@@ -22,7 +28,6 @@ from sam3_lora.lora import LoraConfig, inject_lora, merge_lora
 from sam3_lora.lora.config import PARTS
 from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
 from sam3_lora.models import build_model
-from sam3_lora.trainer import Trainer
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -148,18 +153,7 @@ def test_training_run_evaluate_and_predict_on_cuda(cuda_run, toy_root, tmp_path)
 def test_resumed_run_on_cuda_matches_an_uninterrupted_one(toy_root, tmp_path, monkeypatch):
     extra = ("trainer.max_epochs=3", "lora.dropout=0.1", "trainer.device=cuda")  # dropout: CUDA RNG resumes too
     train_in_process(tiny_run_overrides(toy_root, *extra), tmp_path / "straight")
-    original = Trainer.train_epoch
-
-    def preempted(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt("simulated preemption")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", preempted)
-    with pytest.raises(KeyboardInterrupt):
-        train_in_process(tiny_run_overrides(toy_root, *extra), tmp_path / "resumed")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    train_in_process(tiny_run_overrides(toy_root, *extra), tmp_path / "resumed")
+    train_interrupted_then_resumed(tiny_run_overrides(toy_root, *extra), tmp_path / "resumed", monkeypatch)
 
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())

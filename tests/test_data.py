@@ -280,10 +280,9 @@ def test_segm_ap_treats_annotations_without_a_mask_as_ignore_regions(coco_dir):
 
 def test_bad_dataset_stops_the_cli_run(coco_dir, tmp_path, toy_root):
     _edit(coco_dir, lambda c: c["annotations"][0].update(category_id=7))
-    overrides = [o for o in tiny_run_overrides(toy_root) if not o.startswith("dataset.root")]
     cfg = compose_train(
         [
-            *overrides,
+            *tiny_run_overrides(toy_root),
             f"dataset.train.ann_file={coco_dir}/_annotations.coco.json",
             f"dataset.train.img_folder={coco_dir}",
         ]
@@ -331,10 +330,9 @@ def test_toy_generator_is_deterministic_and_validates(tmp_path):
 @pytest.mark.parametrize("domain", toy.DOMAINS)
 def test_toy_images_depend_only_on_the_seed(domain, tmp_path):
     """Same seed, same pixels, even from another process (no unseeded randomness anywhere)."""
+    import ctypes
     import subprocess
     import sys
-
-    import ctypes
 
     libc = ctypes.CDLL(None)
     for _ in range(7):  # some library drew from C's global rand() before us

@@ -59,5 +59,5 @@ def test_sam3_pt_layout_loads_through_sam3_loader(tmp_path, tiny_base_state):
 
 
 def test_adapter_passed_as_checkpoint_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="lora.adapter_path"):
+    with pytest.raises(ValueError, match="adapter=path"):
         load_base_checkpoint(build_model("tiny"), str(tmp_path / "adapter.safetensors"))

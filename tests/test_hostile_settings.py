@@ -109,3 +109,9 @@ def test_divergence_exits_2_without_traceback(toy_root, tmp_path):
     assert res.returncode == 2, out[-3000:]
     assert "Traceback" not in out and "matrix contains invalid numeric entries" not in out
     assert "training diverged" in out and "optimizer.lr=1000000.0" in out
+
+
+def test_an_unresolvable_interpolation_names_its_key(toy_root):
+    cfg = compose_train(["model=sam3_tiny", "dataset=toy", "dataset.generate=null"])  # root: ${dataset.generate.x}
+    with pytest.raises(ConfigError, match=r"dataset.root: cannot be resolved .*set dataset.root= explicitly"):
+        check_train_config(cfg)

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import compose_train, tiny_run_overrides
+from conftest import compose_train, tiny_run_overrides, train_interrupted_then_resumed
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb_records import history
 
 from sam3_lora.lora import read_adapter
 from sam3_lora.train import run
-from sam3_lora.trainer import Trainer
 
 
 def _train(toy_root, run_dir, *extra):
@@ -48,19 +47,7 @@ def test_resumed_run_matches_an_uninterrupted_one(toy_root, tmp_path, monkeypatc
     extra = ("trainer.max_epochs=3", "lora.dropout=0.1")  # dropout: the RNG state must resume too
     _train(toy_root, tmp_path / "straight", *extra)
 
-    original = Trainer.train_epoch
-
-    def preempted(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt("simulated preemption")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", preempted)
-    with pytest.raises(KeyboardInterrupt):
-        _train(toy_root, tmp_path / "resumed", *extra)
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    _train(toy_root, tmp_path / "resumed", *extra)  # same run directory: resumes automatically
+    train_interrupted_then_resumed(tiny_run_overrides(toy_root, *extra), tmp_path / "resumed", monkeypatch)
 
     a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
