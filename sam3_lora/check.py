@@ -15,9 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import List, Tuple
 
-from hydra import compose, initialize_config_dir
-
-from sam3_lora.train import CONF_DIR
+from sam3_lora.core.conf import compose_config
 
 Check = Tuple[str, bool, str]  # (what, ok, detail)
 
@@ -53,7 +51,7 @@ def _sam3() -> List[Check]:
         version = metadata.version("sam3")
     except metadata.PackageNotFoundError:
         return [("sam3", False, "not installed: pip install -e .")]
-    from sam3_lora.models.builders import default_bpe_path
+    from sam3_lora.models.assembly import default_bpe_path
 
     try:
         bpe = default_bpe_path()
@@ -63,7 +61,7 @@ def _sam3() -> List[Check]:
 
 
 def _checkpoint(cfg) -> Check:
-    from sam3_lora.models.builders import BaseCheckpointError, resolve_checkpoint
+    from sam3_lora.models.base_checkpoint import BaseCheckpointError, resolve_checkpoint
 
     if cfg.model.name != "sam3":
         return "base checkpoint", True, f"model={cfg.model.name} builds its own weights"
@@ -108,8 +106,8 @@ def _data(cfg) -> List[Check]:
 
 def _resume(cfg) -> List[Check]:
     """``trainer.resume``: a training checkpoint (or a run directory holding one) that loads."""
-    from sam3_lora import checkpoint as ckpt
-    from sam3_lora.errors import UserError
+    from sam3_lora.core.errors import UserError
+    from sam3_lora.training import checkpoint as ckpt
 
     explicit = cfg.trainer.get("resume")
     if not explicit:
@@ -124,7 +122,7 @@ def _resume(cfg) -> List[Check]:
 
 
 def _settings(cfg) -> Check:
-    from sam3_lora.config_checks import ConfigError, check_train_config
+    from sam3_lora.training.settings import ConfigError, check_train_config
 
     try:
         check_train_config(cfg)
@@ -147,8 +145,7 @@ def _outputs() -> Check:
 
 def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     checks = [_python(), *_torch(), *_sam3(), _settings(cfg), _checkpoint(cfg), *_data(cfg), *_resume(cfg), _outputs()]
     for what, ok, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")

@@ -20,13 +20,13 @@ from typing import Dict, List, Sequence
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from sam3_lora.core.conf import CONF_DIR
+from sam3_lora.core.device import resolve_device
+from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.data.validate import ValidationReport, validate_and_clean
-from sam3_lora.errors import UserError, exit_on_user_error
-from sam3_lora.evaluation import coco_evaluate, predict
-from sam3_lora.train import CONF_DIR
-from sam3_lora.trainer import resolve_device
-from sam3_lora.tuned import load_tuned
+from sam3_lora.evaluation.coco import coco_evaluate, predict
+from sam3_lora.runs.tuned import load_tuned
 
 log = logging.getLogger("sam3_lora.evaluate")
 

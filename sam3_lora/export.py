@@ -18,12 +18,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sam3_lora.errors import UserError, exit_on_user_error
+from sam3_lora.core.conf import CONF_DIR
+from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.lora.inject import base_weights_fingerprint, merged_state_dict
 from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
-from sam3_lora.models.builders import save_sam3_state
-from sam3_lora.train import CONF_DIR
-from sam3_lora.tuned import load_tuned, output_dir
+from sam3_lora.models.sam3_layout import save_sam3_state
+from sam3_lora.runs.tuned import load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.export")
 

@@ -10,37 +10,37 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam3_lora import checkpoint as ckpt
-from sam3_lora import distributed
-from sam3_lora.config_checks import check_train_config
+from sam3_lora.core.conf import CONF_DIR
+from sam3_lora.core.device import resolve_device, seed_everything
+from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
-from sam3_lora.distributed import DistInfo
-from sam3_lora.errors import UserError, exit_on_user_error
-from sam3_lora.loggers import build_loggers
+from sam3_lora.evaluation.coco import Evaluator
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
-from sam3_lora.loss import build_sam3_loss
-from sam3_lora.models import BaseCheckpointError
-from sam3_lora.models.builders import resolve_checkpoint, save_sam3_checkpoint
-from sam3_lora.trainer import Evaluator, Trainer, TrainerConfig, resolve_device
+from sam3_lora.models.base_checkpoint import BaseCheckpointError, resolve_checkpoint
+from sam3_lora.models.sam3_layout import save_sam3_checkpoint
+from sam3_lora.runs import layout
+from sam3_lora.training import checkpoint as ckpt
+from sam3_lora.training import distributed
+from sam3_lora.training.distributed import DistInfo
+from sam3_lora.training.loggers import build_loggers
+from sam3_lora.training.loss import build_sam3_loss
+from sam3_lora.training.settings import check_train_config
+from sam3_lora.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger("sam3_lora.train")
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass
@@ -48,15 +48,6 @@ class Splits:
     train: Split
     valid: Optional[Split]
     test: Optional[Split]
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def prepare_data(cfg: DictConfig, run_dir: Path, validate: bool = True) -> Splits:
@@ -141,8 +132,9 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     model = instantiate(cfg.model)
     base_name = cfg.model.name
     image_size, num_queries = model.image_size, model.transformer.decoder.num_queries
-    heldout = splits.test or splits.valid
-    heldout_name = "test" if splits.test else "valid"
+    # The final score's split (final_eval.split), falling back to valid when it is absent.
+    heldout_name = cfg.final_eval.split if getattr(splits, cfg.final_eval.split) else "valid"
+    heldout = getattr(splits, heldout_name)
     device = resolve_device(tcfg.device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)  # one GPU per process
@@ -153,7 +145,7 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         return Evaluator(split.ann_file, build_loader(ds, tcfg.batch_size, False, tcfg.num_workers), tcfg.max_dets)
 
     results: Dict[str, Dict[str, float]] = {}
-    base_file = run_dir / "base_metrics.json"
+    base_file = run_dir / layout.BASE_METRICS
     if cfg.final_eval.compare_base and heldout is not None and info.is_main:
         if base_file.is_file():  # a resumed run: the base was scored before training started
             results["base"] = json.loads(base_file.read_text())
@@ -166,12 +158,12 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         log.info(report.describe())
 
         def save(m, tag):
-            save_adapter(m, run_dir / f"adapter_{tag}.safetensors", base_model=base_name)
+            save_adapter(m, run_dir / layout.adapter_file(tag), base_model=base_name)
     else:
         log.info("no LoRA configured: fine-tuning every weight")
 
         def save(m, tag):  # sam3.pt layout, loadable as model.checkpoint_path
-            save_sam3_checkpoint(m, run_dir / f"model_{tag}.pt")
+            save_sam3_checkpoint(m, run_dir / layout.full_weights_file(tag))
 
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
 
@@ -236,7 +228,7 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         "world_size": info.world_size,
         "overrides": run_name,
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / layout.RESULTS).write_text(json.dumps(summary, indent=1))
     hparams = {
         "lora": config_dict.get("lora") or {},
         "lr": cfg.optimizer.lr,
@@ -245,11 +237,11 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     final = results.get("lora") or results.get("finetuned") or {}
     loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
     loggers.finish()
-    log.info("\n%s", results_table(results, heldout_name, run_dir))
+    log.info("\n%s", results_table(results, heldout_name, run_dir, lora=bool(cfg.lora)))
     return summary
 
 
-def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Path) -> str:
+def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Path, lora: bool = True) -> str:
     lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
     labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
     for key, m in results.items():
@@ -258,9 +250,10 @@ def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Pat
         )
     lines += [
         f"run directory: {run_dir}",
-        f"  adapter: {run_dir / 'adapter_best.safetensors'} (last: adapter_last.safetensors)",
-        f"  checkpoints: {run_dir / ckpt.CHECKPOINT_DIR}  log: {run_dir / 'training.log'}",
-        f"  metrics: {run_dir / 'results.json'}  tensorboard: tensorboard --logdir {run_dir}",
+        f"  {'adapter' if lora else 'weights'}: {run_dir / layout.weights_file('best', lora)} "
+        f"(last: {layout.weights_file('last', lora)})",
+        f"  checkpoints: {run_dir / layout.CHECKPOINT_DIR}  log: {run_dir / layout.TRAINING_LOG}",
+        f"  metrics: {run_dir / layout.RESULTS}  tensorboard: tensorboard --logdir {run_dir}",
     ]
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sam3_lora.core.conf import CONF_DIR, compose_config  # noqa: E402, F401 - CONF_DIR for tests
 from sam3_lora.models import build_model  # noqa: E402
 
 
@@ -23,23 +24,14 @@ def tiny_model(tiny_base_state):
     return model
 
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
 def compose_command(name, **values):
     """The config of `python -m sam3_lora.<name> key=value ...` (evaluate, predict, export)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=[f"{k}={v}" for k, v in values.items()])
+    return compose_config(name, [f"{k}={v}" for k, v in values.items()])
 
 
 def compose_train(overrides):
     """The training config exactly as `python -m sam3_lora.train <overrides>` composes it."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +89,8 @@ def pytest_collection_modifyitems(config, items):
 def train_interrupted_then_resumed(overrides, run_dir, monkeypatch, at_epoch: int = 1):
     """Train in ``run_dir``, interrupted as epoch ``at_epoch`` starts (after its checkpoint), then
     the same command again, which resumes from it; returns the second run's summary."""
-    from sam3_lora import checkpoint as ckpt
-    from sam3_lora.trainer import Trainer
+    from sam3_lora.training import checkpoint as ckpt
+    from sam3_lora.training.trainer import Trainer
 
     original = Trainer.train_epoch
 

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from sam3_lora.core.conf import CONF_DIR, compose_config
 from sam3_lora.lora import LoraConfig
-from sam3_lora.train import CONF_DIR
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
@@ -31,8 +30,7 @@ ROOT = Path(CONF_DIR).parent
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def test_groups_have_the_expected_options():
@@ -74,7 +72,7 @@ def test_every_optimizer_and_scheduler_instantiates_and_steps(optimizer, schedul
 
 @pytest.mark.parametrize("logger", GROUPS["logger"])
 def test_every_logger_builds(logger, tmp_path):
-    from sam3_lora.loggers import build_loggers
+    from sam3_lora.training.loggers import build_loggers
 
     cfg = _compose([f"logger={logger}"])
     loggers = build_loggers(cfg.logger, tmp_path, {"a": 1}, "run", is_main=True)
@@ -87,7 +85,7 @@ def test_every_logger_builds(logger, tmp_path):
 @pytest.mark.parametrize("trainer", GROUPS["trainer"])
 @pytest.mark.parametrize("launcher", GROUPS["launcher"])
 def test_data_trainer_launcher_options_compose(dataset, trainer, launcher):
-    from sam3_lora.trainer import TrainerConfig
+    from sam3_lora.training.trainer import TrainerConfig
 
     cfg = _compose([f"dataset={dataset}", f"trainer={trainer}", f"launcher={launcher}"])
     assert cfg.dataset.train.ann_file.endswith("train/_annotations.coco.json")

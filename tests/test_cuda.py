@@ -26,8 +26,8 @@ from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import predict as predict_cmd
 from sam3_lora.lora import LoraConfig, inject_lora, merge_lora
 from sam3_lora.lora.config import PARTS
-from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
 from sam3_lora.models import build_model
+from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import compose_train, tiny_run_overrides
 
-import sam3_lora.trainer as trainer_module
-from sam3_lora.checkpoint import CheckpointError, atomic_save
+import sam3_lora.training.trainer as trainer_module
 from sam3_lora.train import run
-from sam3_lora.trainer import NonFiniteLossError
+from sam3_lora.training.checkpoint import CheckpointError, atomic_save
+from sam3_lora.training.trainer import NonFiniteLossError
 
 
 def _train(toy_root, run_dir, *extra):

@@ -5,13 +5,12 @@ import copy
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from sam3_lora.core.conf import compose_config
 from sam3_lora.lora import count_trainable, inject_lora
 from sam3_lora.models import BaseCheckpointError, build_model
-from sam3_lora.models.builders import load_base_checkpoint
-from sam3_lora.train import CONF_DIR
+from sam3_lora.models.base_checkpoint import load_base_checkpoint
 
 # Trainable parameters measured on the 840M model, as recorded in the design brief.
 EXPECTED_M = {"minimal": 0.65, "balanced": 5.98, "full": 19.49}
@@ -28,8 +27,7 @@ def test_full_architecture_matches_stock_size(full_sam3):
 
 @pytest.mark.parametrize("preset", list(EXPECTED_M))
 def test_every_preset_fits_the_full_model(full_sam3, preset):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"lora={preset}"])
+    cfg = compose_config("train", [f"lora={preset}"])
     model = copy.deepcopy(full_sam3)
     report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
     assert count_trainable(model) / 1e6 == pytest.approx(EXPECTED_M[preset], abs=0.01)

@@ -21,12 +21,12 @@ from conftest import tiny_run_overrides, train_in_process
 from hostile import crafted_plain_pickle, crafted_torch_file
 from safetensors.torch import load_file
 
-from sam3_lora import checkpoint as ckpt
-from sam3_lora.errors import exit_on_user_error
+from sam3_lora.core.errors import exit_on_user_error
 from sam3_lora.lora import LoraConfig, inject_lora, save_adapter
-from sam3_lora.models.builders import save_sam3_checkpoint
-from sam3_lora.optim import warmup_cosine
-from sam3_lora.trainer import Trainer
+from sam3_lora.models.sam3_layout import save_sam3_checkpoint
+from sam3_lora.training import checkpoint as ckpt
+from sam3_lora.training.optim import warmup_cosine
+from sam3_lora.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = ("trainer.max_epochs=1", "trainer.batch_size=2")  # 4 training images: 2 steps per epoch

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, tiny_run_overrides, train_in_process
+from conftest import compose_command, tiny_run_overrides, train_in_process
 
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data.coco import ImageLoadError
@@ -31,10 +31,7 @@ def _edit(path: Path, fn) -> None:
 
 
 def _eval_cfg(**values):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="evaluate", overrides=[f"{k}={v}" for k, v in values.items()])
+    return compose_command("evaluate", **values)
 
 
 def test_evaluate_refuses_a_split_with_an_undecodable_image(data, tmp_path):

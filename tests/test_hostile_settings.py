@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import compose_train, tiny_run_overrides
 
-from sam3_lora import checkpoint as ckpt
-from sam3_lora.config_checks import ConfigError, check_train_config
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 from sam3_lora.train import run
-from sam3_lora.trainer import DivergedError
+from sam3_lora.training import checkpoint as ckpt
+from sam3_lora.training.settings import ConfigError, check_train_config
+from sam3_lora.training.trainer import DivergedError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +29,7 @@ BAD_SETTINGS = {
     "optimizer.lr=nan": "optimizer.lr=nan: a positive learning rate",
     "optimizer.weight_decay=-0.1": "optimizer.weight_decay=-0.1: a number >= 0",
     "scheduler.warmup_ratio=1.5": "scheduler.warmup_ratio=1.5: a fraction of the training steps in [0, 1]",
+    "final_eval.split=dev": "final_eval.split='dev': one of train, valid, test",
     "lora.rank=0": "lora.rank must be a positive integer",
     "lora.dropout=1.0": "lora.dropout must be in [0, 1)",
     "lora.targets=[qproj]": "unknown LoRA target 'qproj'; valid targets: q_proj",

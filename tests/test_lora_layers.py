@@ -181,3 +181,20 @@ def test_unsupported_mha_is_refused():
         LoraMultiheadAttention(nn.MultiheadAttention(16, 2, kdim=8, vdim=8), ("q",), rank=2, alpha=4)
     with pytest.raises(ValueError, match="subset of q, k, v, out"):
         LoraMultiheadAttention(nn.MultiheadAttention(16, 2), ("x",), rank=2, alpha=4)
+
+
+def test_private_torch_mask_helpers_behave_as_our_attention_expects():
+    """sam3_lora.lora.layers borrows torch's private mask helpers (as nn.MultiheadAttention uses
+    them); if a torch release renames or changes them, this fails first, loudly."""
+    from sam3_lora.lora.layers import canonical_mask, none_or_dtype
+
+    bool_mask = torch.tensor([[False, True]])
+    as_float = canonical_mask(
+        mask=bool_mask, mask_name="m", other_type=None, other_name="", target_type=torch.float32, check_other=False
+    )
+    assert as_float.dtype == torch.float32 and as_float[0, 0] == 0 and as_float[0, 1] == float("-inf")
+    assert none_or_dtype(None) is None and none_or_dtype(as_float) == torch.float32
+    with pytest.raises(AssertionError):
+        canonical_mask(
+            mask=torch.tensor([[1, 0]]), mask_name="m", other_type=None, other_name="", target_type=torch.float32
+        )

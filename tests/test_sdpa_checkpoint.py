@@ -1,7 +1,7 @@
 """The text encoder's activation checkpointing recomputes under the forward's attention kernels.
 
 On CUDA, sam3's text encoder crashed in backward because its forward runs inside an
-``sdpa_kernel`` restriction that the recompute no longer sees (sam3_lora/sdpa_checkpoint.py).
+``sdpa_kernel`` restriction that the recompute no longer sees (sam3_lora/sam3_compat/sdpa_checkpoint.py).
 On CPU the same mechanism is triggered by restricting the backends further around the step:
 inside, sam3 re-enables flash attention for its forward, outside it the recompute would run
 the math kernel.
@@ -14,8 +14,8 @@ from sam3.model import text_encoder_ve
 from synthetic import make_batch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
-from sam3_lora.sdpa_checkpoint import checkpoint, enabled_sdpa_backends
+from sam3_lora.sam3_compat.sdpa_checkpoint import checkpoint, enabled_sdpa_backends
+from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
 
 
 def _text_transformer(model):

@@ -99,3 +99,11 @@ def test_gradient_accumulation_counts_optimizer_steps(toy_root, tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 2  # 4 images, 1 per batch, 2 batches per optimizer step
     assert state["scheduler"]["last_epoch"] == 2
+
+
+def test_final_eval_split_chooses_the_held_out_split(toy_root, tmp_path):
+    summary = _train(toy_root, tmp_path, "trainer.max_epochs=1", "final_eval.split=valid")
+    assert summary["heldout_split"] == "valid"
+    # One epoch: the best adapter is that epoch's, so its final score is the validation score.
+    validation = json.loads((tmp_path / "metrics.json").read_text())[-1]
+    assert summary["results"]["lora"]["segm/AP"] == pytest.approx(validation["segm/AP"], abs=1e-9)

@@ -5,7 +5,7 @@ import torch
 from synthetic import final_outputs, make_batch
 
 from sam3_lora.lora import LoraConfig, inject_lora, lora_parameters, merge_lora
-from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
+from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Using a trained adapter: evaluate, predict, merge/export for stock sam3 and PEFT, inspect."""
+"""Using a trained adapter: evaluate, predict, merge/export for stock sam3 and PEFT, describe."""
 
 import json
 import os
@@ -14,14 +14,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 from synthetic import final_outputs, make_batch
 
+from sam3_lora import describe as describe_cmd
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
-from sam3_lora import inspect as inspect_cmd
 from sam3_lora import predict as predict_cmd
 from sam3_lora.lora import AdapterError, load_adapter
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
-from sam3_lora.tuned import RunDirError, load_tuned
+from sam3_lora.runs.tuned import RunDirError, load_tuned
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_adapter_for_another_base_or_corrupt_is_refused(trained_run, tmp_path):
 
 
 def test_missing_checkpoint_and_missing_run_dir(tmp_path):
-    from sam3_lora.errors import find_user_error
+    from sam3_lora.core.errors import find_user_error
     from sam3_lora.models import BaseCheckpointError
 
     with pytest.raises(Exception) as info:  # Hydra wraps errors raised while instantiating
@@ -206,10 +206,10 @@ def test_missing_checkpoint_and_missing_run_dir(tmp_path):
         evaluate_cmd.evaluate(compose_command("evaluate", run_dir=tmp_path))
 
 
-def test_inspect_describes_an_adapter(trained_run, capsys, tmp_path):
-    assert inspect_cmd.main([str(trained_run / "adapter_best.safetensors")]) == 0
+def test_describe_explains_an_adapter(trained_run, capsys, tmp_path):
+    assert describe_cmd.main([str(trained_run / "adapter_best.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "base model: tiny" in out and "LoRA: rank 8, alpha 16" in out and "sam3 0.1.4" in out
     assert "adapted modules: 22 (vision 8, encoder 4, decoder 10)" in out
     (tmp_path / "x.safetensors").write_bytes(b"junk")
-    assert inspect_cmd.main([str(tmp_path / "x.safetensors")]) == 2
+    assert describe_cmd.main([str(tmp_path / "x.safetensors")]) == 2

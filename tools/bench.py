@@ -30,9 +30,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 PRESETS = ("minimal", "balanced", "full")
 # Targets PEFT can hold exactly like ours: every nn.Linear update of the balanced preset
 # (PEFT's nn.MultiheadAttention support is experimental; see sam3_lora/lora/peft_format.py).
@@ -71,13 +68,11 @@ def batches(model, split, batch_size: int, count: int):
 
 
 def lora_config(preset: str):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from sam3_lora.train import CONF_DIR
+    from sam3_lora.core.conf import compose_config
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"lora={preset}", "lora.dropout=0"])
+    cfg = compose_config("train", [f"lora={preset}", "lora.dropout=0"])
     return instantiate(cfg.lora, _convert_="all")
 
 
@@ -124,7 +119,7 @@ def _sync(device):
 def train_setup(spec: dict) -> dict:
     """Median step time and peak memory of one setup; run in its own process."""
     from sam3_lora.lora import count_trainable, inject_lora
-    from sam3_lora.loss import build_sam3_loss, compute_loss, core_loss
+    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
 
     device = torch.device(spec["device"])
     model = build(spec["model"]).to(device).train()
@@ -305,7 +300,7 @@ def main() -> None:
         print(json.dumps(train_setup(json.loads(args.child))))
         return
 
-    from sam3_lora.trainer import TrainerConfig
+    from sam3_lora.training.trainer import TrainerConfig
 
     workers = TrainerConfig().num_workers if args.workers is None else args.workers
     device = torch.device(args.device)

@@ -14,11 +14,10 @@ import copy
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from sam3_lora.core.conf import compose_config
 from sam3_lora.lora import count_trainable, inject_lora, save_adapter
-from sam3_lora.train import CONF_DIR
 
 PRESETS = ("minimal", "balanced", "full")
 
@@ -30,27 +29,26 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = [f"model={args.model}"] + (["model.random_init=true"] if args.model == "sam3" else [])
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        base_cfg = compose(config_name="train", overrides=overrides)
-        base = instantiate(base_cfg.model)
-        total = sum(p.numel() for p in base.parameters())
-        print(f"\nmodel={args.model}: {total / 1e6:.1f}M parameters\n")
-        print("| preset | rank / alpha | targets | parts | LoRA modules | trainable | % of model | adapter file |")
-        print("|---|---|---|---|---|---|---|---|")
-        for preset in args.presets:
-            cfg = compose(config_name="train", overrides=[*overrides, f"lora={preset}"])
-            lora = instantiate(cfg.lora, _convert_="all")
-            model = copy.deepcopy(base)
-            report = inject_lora(model, lora)
-            trainable = count_trainable(model)
-            with tempfile.TemporaryDirectory() as tmp:
-                size = save_adapter(model, Path(tmp) / "a.safetensors", base_model=cfg.model.name).stat().st_size
-            print(
-                f"| {preset} | {lora.rank} / {lora.alpha:g} | {', '.join(lora.targets)} | {', '.join(lora.parts)} "
-                f"| {len(report.targets)} | {trainable:,} | {100 * trainable / total:.2f}% "
-                f"| {size / 1e6:.2f} MB |"
-            )
-            del model
+    base_cfg = compose_config("train", overrides)
+    base = instantiate(base_cfg.model)
+    total = sum(p.numel() for p in base.parameters())
+    print(f"\nmodel={args.model}: {total / 1e6:.1f}M parameters\n")
+    print("| preset | rank / alpha | targets | parts | LoRA modules | trainable | % of model | adapter file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        cfg = compose_config("train", [*overrides, f"lora={preset}"])
+        lora = instantiate(cfg.lora, _convert_="all")
+        model = copy.deepcopy(base)
+        report = inject_lora(model, lora)
+        trainable = count_trainable(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            size = save_adapter(model, Path(tmp) / "a.safetensors", base_model=cfg.model.name).stat().st_size
+        print(
+            f"| {preset} | {lora.rank} / {lora.alpha:g} | {', '.join(lora.targets)} | {', '.join(lora.parts)} "
+            f"| {len(report.targets)} | {trainable:,} | {100 * trainable / total:.2f}% "
+            f"| {size / 1e6:.2f} MB |"
+        )
+        del model
 
 
 if __name__ == "__main__":

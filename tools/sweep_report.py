@@ -17,6 +17,8 @@ from typing import Dict, List
 
 from omegaconf import OmegaConf
 
+from sam3_lora.runs import layout
+
 COLUMNS = (
     "overrides",
     "rank",
@@ -32,10 +34,10 @@ COLUMNS = (
 
 def collect(sweep_dir: Path) -> List[Dict]:
     rows = []
-    for results in sorted(sweep_dir.glob("*/results.json")):
+    for results in sorted(sweep_dir.glob(f"*/{layout.RESULTS}")):
         run = results.parent
         r = json.loads(results.read_text())
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml") if (run / ".hydra" / "config.yaml").is_file() else None
+        cfg = OmegaConf.load(layout.hydra_config(run)) if layout.hydra_config(run).is_file() else None
         lora = cfg.lora if cfg is not None and cfg.get("lora") else {}
         final = r["results"].get("lora") or r["results"].get("finetuned") or {}
         rows.append(

@@ -26,8 +26,8 @@ from sam3.train.data.coco_json_loaders import COCO_FROM_JSON
 from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sam3_lora.core.errors import UserError
 from sam3_lora.data.validate import DataValidationError
-from sam3_lora.errors import UserError
 
 log = logging.getLogger("sam3_lora.data")
 

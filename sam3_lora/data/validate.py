@@ -15,7 +15,7 @@ accepted by sam3's loader and by pycocotools' COCOeval alike and box and mask ag
   otherwise the annotation is dropped (nothing of it is in the image);
 * an invalid segmentation (malformed polygon or RLE, no pixel inside the image, or nowhere
   near its box) is removed: the box still supervises, and evaluation treats an annotation
-  without a mask as an ignore region for segm AP (``sam3_lora.evaluation``);
+  without a mask as an ignore region for segm AP (``sam3_lora.evaluation.coco``);
 * a missing or invalid ``area`` is computed from the mask (or the box).
 
 Empty segmentations (``[]``, ``null`` or no key: box-only data) are valid as they are.
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 
 MAX_LISTED = 10  # per kind of problem; the count says how many more
 BORDER_TOLERANCE = 0.5  # pixels; exports often round coordinates past the border

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 
 # The seeds' target vocabulary. q/k/v are row slices of SAM3's packed projections.
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")
@@ -41,17 +42,32 @@ def _expand(values, valid, aliases, what: str) -> List[str]:
     return list(dict.fromkeys(out))
 
 
+def lora_scale(alpha: float, rank: int, use_rslora: bool = False) -> float:
+    """The factor on ``B @ A``: ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA."""
+    return alpha / (math.sqrt(rank) if use_rslora else rank)
+
+
 @dataclass
 class LoraConfig:
+    """What to adapt and how (the ``lora`` config group; ``lora=none`` fine-tunes every weight)."""
+
+    #: Rank r of each update ``ΔW = scale · B @ A`` (A: r × in, B: out × r). Memory is dominated by
+    #: activations, not by r; 4-16 is usual.
     rank: int = 8
+    #: Scaling numerator: ``scale = alpha / rank`` (commonly alpha = 2 × rank).
     alpha: float = 16.0
+    #: Dropout on the update's input during training (0 disables it).
     dropout: float = 0.0
-    use_rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank
+    #: rsLoRA: ``scale = alpha / sqrt(rank)``, which keeps updates comparable across ranks.
+    use_rslora: bool = False
+    #: Which projections: q_proj, k_proj, v_proj (row slices of packed weights), out_proj,
+    #: linear1 / linear2 (the FFN), or ``all``.
     targets: List[str] = field(default_factory=lambda: list(TARGETS))
+    #: Which parts of SAM3: vision, text, geometry, encoder, decoder, segmentation, or ``all``.
     parts: List[str] = field(default_factory=lambda: ["vision", "encoder", "decoder"])
-    # Extra nn.Linear / nn.MultiheadAttention modules (full-name regex) to adapt whole.
+    #: Extra nn.Linear / nn.MultiheadAttention modules (full-name regex) to adapt whole.
     target_regex: Optional[str] = None
-    # Modules trained in full and saved with the adapter (like PEFT's modules_to_save).
+    #: Modules trained in full and saved with the adapter (like PEFT's modules_to_save).
     modules_to_save: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,7 +92,7 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
-        return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
+        return lora_scale(self.alpha, self.rank, self.use_rslora)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

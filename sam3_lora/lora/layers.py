@@ -14,13 +14,21 @@ inference; ``unmerge()`` takes them out again.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam3_lora.lora.config import lora_scale
+
 QKV = ("q", "k", "v")
+
+# Private torch helpers that nn.MultiheadAttention's own forward uses to normalise masks (bool ->
+# float -inf, dtype checks); used so our attention treats masks exactly as the stock module does.
+# Named once here; tests/test_lora_layers.py fails loudly if a torch release changes them.
+canonical_mask = F._canonical_mask
+none_or_dtype = F._none_or_dtype
 
 
 class LoraDelta(nn.Module):
@@ -45,7 +53,7 @@ class LoraDelta(nn.Module):
         # nn.Linear's own init for A (as in the LoRA paper and PEFT); B = 0 so a fresh
         # adapter leaves the model's outputs unchanged.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale = alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.scale = lora_scale(alpha, rank, use_rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @property
@@ -83,12 +91,39 @@ def add_packed_delta(out: Tensor, x: Tensor, parts: List[Tuple[int, int, LoraDel
     return out + (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)).to(out.dtype)
 
 
-def _add_to_weight(weight: Tensor, rows: slice, delta: LoraDelta, sign: float) -> None:
-    with torch.no_grad():
-        weight[rows] += sign * delta.delta_weight().to(weight.dtype)
+class LoraLayer(nn.Module):
+    """A base layer plus LoRA updates, each on rows of one of its weights.
+
+    Subclasses name where each update goes (``_updated_rows``); merging and unmerging are
+    the same for all: add or subtract ``scale · B @ A`` on those rows, once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merged = False
+
+    def _updated_rows(self) -> Iterator[Tuple[Tensor, slice, LoraDelta]]:
+        raise NotImplementedError
+
+    def _add_updates(self, sign: float) -> None:  # (not _apply: nn.Module.to() uses that name)
+        with torch.no_grad():
+            for weight, rows, delta in self._updated_rows():
+                weight[rows] += sign * delta.delta_weight().to(weight.dtype)
+
+    def merge(self) -> None:
+        """Fold the updates into the base weights (inference at the base layer's speed)."""
+        if not self.merged:
+            self._add_updates(+1)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Take them out again (to train on, or save the adapter alone)."""
+        if self.merged:
+            self._add_updates(-1)
+            self.merged = False
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(LoraLayer):
     """``nn.Linear`` plus LoRA updates, each on a row slice of its weight.
 
     ``slices`` maps an update's name to its rows: ``{"full": (0, out)}`` for a plain
@@ -113,7 +148,6 @@ class LoraLinear(nn.Module):
                 for name, (start, stop) in self.slices.items()
             }
         )
-        self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
@@ -122,17 +156,9 @@ class LoraLinear(nn.Module):
         parts = [(start, stop, self.lora[name]) for name, (start, stop) in self.slices.items()]
         return add_packed_delta(out, x, parts)
 
-    def merge(self) -> None:
-        if not self.merged:
-            for name, (start, stop) in self.slices.items():
-                _add_to_weight(self.base_layer.weight, slice(start, stop), self.lora[name], +1)
-            self.merged = True
-
-    def unmerge(self) -> None:
-        if self.merged:
-            for name, (start, stop) in self.slices.items():
-                _add_to_weight(self.base_layer.weight, slice(start, stop), self.lora[name], -1)
-            self.merged = False
+    def _updated_rows(self):
+        for name, (start, stop) in self.slices.items():
+            yield self.base_layer.weight, slice(start, stop), self.lora[name]
 
     def extra_repr(self) -> str:
         return f"slices={self.slices}, merged={self.merged}"
@@ -154,7 +180,7 @@ def _forces_no_weights(mha: nn.MultiheadAttention) -> bool:
     return isinstance(mha, MultiheadAttentionWrapper)
 
 
-class LoraMultiheadAttention(nn.Module):
+class LoraMultiheadAttention(LoraLayer):
     """``nn.MultiheadAttention`` with LoRA on q, k, v (row slices of ``in_proj_weight``)
     and on ``out_proj``.
 
@@ -189,7 +215,6 @@ class LoraMultiheadAttention(nn.Module):
             {t: LoraDelta(e, e, rank, alpha, dropout, use_rslora) for t in ("q", "k", "v", "out") if t in targets}
         )
         self.need_weights_forced_off = _forces_no_weights(base_layer)
-        self.merged = False
 
     # -- attributes sam3 code reads on its attention modules (num_heads, batch_first, ...)
     def __getattr__(self, name: str):
@@ -203,25 +228,12 @@ class LoraMultiheadAttention(nn.Module):
         i = QKV.index(name)
         return slice(i * e, (i + 1) * e)
 
-    def merge(self) -> None:
-        if self.merged:
-            return
+    def _updated_rows(self):
         for name, delta in self.lora.items():
             if name == "out":
-                _add_to_weight(self.base_layer.out_proj.weight, slice(None), delta, +1)
+                yield self.base_layer.out_proj.weight, slice(None), delta
             else:
-                _add_to_weight(self.base_layer.in_proj_weight, self._slice_rows(name), delta, +1)
-        self.merged = True
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        for name, delta in self.lora.items():
-            if name == "out":
-                _add_to_weight(self.base_layer.out_proj.weight, slice(None), delta, -1)
-            else:
-                _add_to_weight(self.base_layer.in_proj_weight, self._slice_rows(name), delta, -1)
-        self.merged = False
+                yield self.base_layer.in_proj_weight, self._slice_rows(name), delta
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """q, k and v, each input projected once: like the stock module, roles that share an
@@ -280,14 +292,14 @@ class LoraMultiheadAttention(nn.Module):
 
         tgt_len, bsz, embed_dim = query.shape
         heads, head_dim = mha.num_heads, mha.head_dim
-        key_padding_mask = F._canonical_mask(
+        key_padding_mask = canonical_mask(
             mask=key_padding_mask,
             mask_name="key_padding_mask",
-            other_type=F._none_or_dtype(attn_mask),
+            other_type=none_or_dtype(attn_mask),
             other_name="attn_mask",
             target_type=query.dtype,
         )
-        attn_mask = F._canonical_mask(
+        attn_mask = canonical_mask(
             mask=attn_mask,
             mask_name="attn_mask",
             other_type=None,

@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 from sam3_lora.lora.inject import lora_modules
 from sam3_lora.lora.layers import LoraLinear
 

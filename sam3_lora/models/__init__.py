@@ -1,12 +1,10 @@
-"""SAM3 model builders (the ``model`` config group) and sam3's CPU workarounds."""
+"""SAM3 models: sizes (``sizes``), assembly from sam3's classes (``assembly``), the base weights
+(``base_checkpoint``: find, check, load ``sam3.pt``; ``sam3_layout``: write it), the ``model`` config
+group's entries (``builders``) and the toy-pretrained tiny base (``toy_base``)."""
 
-from sam3_lora.models.builders import (
-    SIZES,
-    BaseCheckpointError,
-    SAM3Size,
-    build_model,
-    build_sam3,
-    build_sam3_sized,
-)
+from sam3_lora.models.assembly import build_sam3_sized
+from sam3_lora.models.base_checkpoint import BaseCheckpointError
+from sam3_lora.models.builders import build_model, build_sam3
+from sam3_lora.models.sizes import SIZES, SAM3Size
 
 __all__ = ["SIZES", "BaseCheckpointError", "SAM3Size", "build_model", "build_sam3", "build_sam3_sized"]

@@ -22,9 +22,10 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from yaml import YAMLError
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 from sam3_lora.lora import AdapterInfo, load_adapter
 from sam3_lora.models.builders import model_builders
+from sam3_lora.runs import layout
 
 
 class RunDirError(UserError, ValueError):
@@ -45,7 +46,7 @@ class Tuned:
 
 
 def run_config_path(run_dir) -> Path:
-    return Path(run_dir) / ".hydra" / "config.yaml"
+    return layout.hydra_config(run_dir)
 
 
 def run_config(run_dir) -> DictConfig:
@@ -99,10 +100,13 @@ def run_model_config(run_dir) -> Tuple[DictConfig, DictConfig]:
 
 
 def run_adapter(run_dir) -> Path:
-    for name in ("adapter_best.safetensors", "adapter_last.safetensors"):
+    for name in (layout.adapter_file("best"), layout.adapter_file("last")):
         if (Path(run_dir) / name).is_file():
             return Path(run_dir) / name
-    raise RunDirError(f"{run_dir} holds no adapter_best.safetensors or adapter_last.safetensors; was it a LoRA run?")
+    raise RunDirError(
+        f"{run_dir} holds no {layout.adapter_file('best')} or {layout.adapter_file('last')}; was it a LoRA run? "
+        f"(a lora=none run writes {layout.full_weights_file('best')}: pass it as model.checkpoint_path)"
+    )
 
 
 def load_tuned(cfg: DictConfig) -> Tuned:

@@ -1,6 +1,8 @@
 """The training loop: SAM3's loss, AMP, accumulation, clipping, evaluation, checkpoints, resume.
 
-One loop, readable top to bottom (``fit`` -> ``train_epoch`` -> ``evaluate`` / ``save``).
+One loop, readable top to bottom: ``fit`` -> epochs -> per optimizer step, ``grad_accum``
+micro-batches (``_forward_backward``) then ``_optimizer_step``; after each epoch ``evaluate``
+then ``save`` (which records an improved score only once the best files are written).
 Trains whatever requires a gradient: the LoRA adapter (and any ``modules_to_save``),
 or every weight when no LoRA is configured (full fine-tuning, for comparison).
 """
@@ -12,21 +14,23 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from sam3_lora import checkpoint as ckpt
-from sam3_lora import distributed
-from sam3_lora.distributed import DistInfo
-from sam3_lora.errors import UserError
-from sam3_lora.evaluation import coco_metrics, predict
-from sam3_lora.loggers import Loggers
-from sam3_lora.loss import FinitePredictionsMatcher, NonFinitePredictions, compute_loss, core_loss
+from sam3_lora.core.device import peak_memory_gb, resolve_amp, resolve_device
+from sam3_lora.core.errors import UserError
+from sam3_lora.evaluation.coco import Evaluator
+from sam3_lora.runs import layout
+from sam3_lora.training import checkpoint as ckpt
+from sam3_lora.training import distributed
+from sam3_lora.training.distributed import DistInfo
+from sam3_lora.training.loggers import Loggers
+from sam3_lora.training.loss import FinitePredictionsMatcher, NonFinitePredictions, compute_loss, core_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +74,10 @@ class TrainerConfig:
     device: str = "auto"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp in ("auto", "bf16"):
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    raise ValueError(f"trainer.amp must be auto, bf16, fp16 or off; got '{amp}'")
-
-
-@dataclass
-class Evaluator:
-    """COCO AP of the model on one split."""
-
-    ann_file: str
-    loader: torch.utils.data.DataLoader
-    max_dets: int = 100
-
-    def __call__(self, model: nn.Module, device: torch.device, autocast=None) -> Dict[str, float]:
-        detections = predict(model, self.loader, device, self.max_dets, autocast)
-        return coco_metrics(self.ann_file, detections)
-
-
 class Trainer:
     def __init__(
         self,
+        *,
         model: nn.Module,
         loss_fn: nn.Module,
         make_optimizer: Callable,
@@ -363,64 +339,77 @@ class Trainer:
             self.train_time += time.time() - started
 
     def _train_epoch(self) -> None:
+        """One epoch: per optimizer step, ``grad_accum`` micro-batches forward and backward, then
+        the step; then logging, the stop-signal check and the step budget, in that order."""
         self.model.train()
+        window = WindowStats()
+        bar = self._epoch_progress()
+        losses: Dict[str, torch.Tensor] = {}
+        for micro_batches in _accumulation_groups(enumerate(bar, start=self.batches_done), self.cfg.grad_accum):
+            self.optimizer.zero_grad(set_to_none=True)
+            for n, (index, batch) in enumerate(micro_batches):  # gradient accumulation
+                last = n == len(micro_batches) - 1
+                losses = self._forward_backward(index, batch, sync_gradients=last, window=window) or losses
+            self._optimizer_step()
+            self.batches_done = index + 1
+            if self.step % self.cfg.log_every == 0 or self._step_budget_spent():
+                self._log_window(window, losses, bar)
+                window = WindowStats()
+            if distributed.any_rank(self.stop_signal is not None, self.dist):
+                self._stop_for_signal()
+            if self._step_budget_spent():
+                break
+
+    def _epoch_progress(self):
+        """This epoch's batches (after those a mid-epoch checkpoint already trained), as a live
+        bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it."""
         self.train_loader.sampler.set_epoch(self.epoch)
-        self.train_loader.sampler.skip_next(self.batches_done * self.cfg.batch_size)  # resuming mid-epoch
-        accum = self.cfg.grad_accum
-        window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
-        # A live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it.
-        bar = tqdm(
+        self.train_loader.sampler.skip_next(self.batches_done * self.cfg.batch_size)
+        return tqdm(
             self.train_loader,
             desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
             disable=True if not self.is_main else None,
             leave=False,
             dynamic_ncols=True,
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar, start=self.batches_done):
-            batch = _to_device(batch, self.device)
-            syncing = (i + 1) % accum == 0 or not self.dist.enabled
+
+    def _forward_backward(self, index: int, batch, sync_gradients: bool, window: "WindowStats"):
+        """One micro-batch: forward, loss, guard, scaled backward. Returns its losses, or None
+        when the batch was skipped for a non-finite loss (its group's gradients dropped)."""
+        batch = _to_device(batch, self.device)
+        # DDP all-reduces gradients only at the group's last backward.
+        no_sync = contextlib.nullcontext() if sync_gradients or not self.dist.enabled else self.forward_module.no_sync()
+        with no_sync:
             try:
-                with self.autocast(), contextlib.nullcontext() if syncing else self.forward_module.no_sync():
+                with self.autocast():
                     losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
-                loss = core_loss(losses)
-                finite = bool(torch.isfinite(loss))
             except NonFinitePredictions:  # valid data cannot cause this: the model itself broke
                 self._diverged("the model's predictions are NaN/inf")
-            if not finite:
-                self._skip_non_finite_batch(i)
-                continue
+            loss = core_loss(losses)
+            # The guard needs the value now (one sync per batch; sam3's matcher syncs anyway).
+            if not torch.isfinite(loss):
+                self._skip_non_finite_batch(index)
+                return None
             self.bad_steps = 0
-            with contextlib.nullcontext() if syncing else self.forward_module.no_sync():
-                self.scaler.scale(loss / accum).backward()
-            window["loss"] += loss.item()
-            window["images"] += len(batch.img_batch)
-            self.images_seen += len(batch.img_batch)
-            window["batches"] += 1
-            if (i + 1) % accum:
-                continue
-            self.scaler.unscale_(self.optimizer)
-            if self.cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self.batches_done = i + 1
-            if self.step % self.cfg.log_every == 0 or self._step_budget_spent():
-                self._log_window(window, losses, bar)
-                window = {"loss": 0.0, "images": 0, "batches": 0, "t": time.time()}
-            if distributed.any_rank(self.stop_signal is not None, self.dist):
-                self._stop_for_signal()
-            if self._step_budget_spent():
-                break
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        window.add(loss.detach(), images=len(batch.img_batch))
+        self.images_seen += len(batch.img_batch)
+        return losses
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
 
     def _skip_non_finite_batch(self, index: int) -> None:
         """A NaN/inf loss or prediction: drop the batch's gradients; stop at once if the weights
         themselves diverged, or after ``max_bad_steps`` such batches in a row."""
         self.bad_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # the group's gradients so far go with it
         self._stop_if_diverged()
         log.warning(
             "non-finite loss at epoch %d batch %d (%d in a row); batch skipped", self.epoch + 1, index, self.bad_steps
@@ -431,12 +420,11 @@ class Trainer:
                 f"checkpoint is in {self.ckpt_dir}. Try a lower optimizer.lr, trainer.clip_grad=0.1, or trainer.amp=off."
             )
 
-    def _log_window(self, window: dict, losses: dict, bar) -> None:
-        elapsed = max(time.time() - window["t"], 1e-9)
+    def _log_window(self, window: "WindowStats", losses: dict, bar) -> None:
         metrics = {
-            "train/loss": window["loss"] / max(window["batches"], 1),
+            "train/loss": window.mean_loss(),  # the only read of the summed loss: it syncs a GPU
             "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/images_per_s": window["images"] / elapsed,
+            "train/images_per_s": window.images / max(time.time() - window.started, 1e-9),
             "train/epoch": self.epoch + 1,
         }
         metrics.update(
@@ -478,17 +466,38 @@ class Trainer:
         )
         self.loggers.log_metrics({f"val/{k}": v for k, v in metrics.items()}, self.step)
         if self.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
+            (self.run_dir / layout.METRICS).write_text(json.dumps(self.history, indent=1))
         return metrics
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
+@dataclass
+class WindowStats:
+    """Training statistics since the last log line. The loss is summed on the device, so
+    recording a batch never waits for the GPU; it is read when logged."""
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    loss_sum: torch.Tensor | float = 0.0
+    batches: int = 0
+    images: int = 0
+    started: float = field(default_factory=time.time)
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum = self.loss_sum + loss
+        self.batches += 1
+        self.images += images
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / max(self.batches, 1)
+
+
+def _accumulation_groups(batches: Iterable, size: int) -> Iterator[list]:
+    """Consecutive groups of ``size`` batches, one per optimizer step; an incomplete group at
+    the epoch's end is dropped (it would never reach a step; ``steps_per_epoch`` counts alike)."""
+    group: list = []
+    for item in batches:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
 
 
 def _to_device(batch, device: torch.device):

@@ -31,13 +31,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
+from sam3_lora.runs import layout
+from sam3_lora.runs.layout import BEST, CHECKPOINT_DIR, LAST  # noqa: F401 - ckpt.LAST etc. for callers
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.pt"
 FORMAT = "sam3_lora.training_checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("trainable", "optimizer", "scheduler", "scaler", "rng", "epoch", "step")
@@ -60,7 +59,7 @@ RESUMABLE_CHANGES = (
     "model.cache_dir",
 )
 # Hydra rewrites these on every launch; a refused launch puts the accepted ones back.
-HYDRA_RECORD = (".hydra/config.yaml", ".hydra/overrides.yaml")
+HYDRA_RECORD = (layout.HYDRA_CONFIG, layout.HYDRA_OVERRIDES)
 
 
 class CheckpointError(UserError, RuntimeError):

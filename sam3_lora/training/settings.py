@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sam3_lora.errors import UserError
-from sam3_lora.evaluation import STAT_NAMES
+from sam3_lora.core.errors import UserError
+from sam3_lora.evaluation.coco import STAT_NAMES
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 BEST_METRICS = tuple(f"{kind}/{stat}" for kind in ("bbox", "segm") for stat in STAT_NAMES)
@@ -117,6 +117,8 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_group(cfg, "trainer", _check_trainer, problems)
     _check_group(cfg, "optimizer", _check_optimizer, problems)
     _check_group(cfg, "scheduler", _check_scheduler, problems)
+    if cfg.get("final_eval") is not None and cfg.final_eval.get("split") not in ("train", "valid", "test"):
+        problems.append(f"final_eval.split={cfg.final_eval.get('split')!r}: one of train, valid, test")
     if not _is_int(cfg.get("seed")):
         problems.append(f"seed={cfg.get('seed')!r}: an integer")
     if cfg.get("lora"):

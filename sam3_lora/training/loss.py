@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sam3_lora import cpu_compat
+from sam3_lora.sam3_compat import cpu as cpu_compat
 
 
 class NonFinitePredictions(RuntimeError):

@@ -17,12 +17,13 @@ import copy
 import io
 import json
 import logging
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
 
-log = logging.getLogger("sam3_lora.evaluation")
+log = logging.getLogger("sam3_lora.evaluation.coco")
 
 # COCOeval.stats order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -169,3 +170,16 @@ def coco_evaluate(
 
 def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm")) -> Dict[str, float]:
     return coco_evaluate(ann_file, detections, iou_types)[0]
+
+
+@dataclass
+class Evaluator:
+    """COCO AP of the model on one split."""
+
+    ann_file: str
+    loader: torch.utils.data.DataLoader
+    max_dets: int = 100
+
+    def __call__(self, model: nn.Module, device: torch.device, autocast=None) -> Dict[str, float]:
+        detections = predict(model, self.loader, device, self.max_dets, autocast)
+        return coco_metrics(self.ann_file, detections)

@@ -11,24 +11,25 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sam3_lora.checkpoint import rng_state, set_rng_state
+from sam3_lora.core.device import seed_everything
 from sam3_lora.data import toy
 from sam3_lora.data.coco import Split, build_dataset, build_loader
-from sam3_lora.loggers import Loggers
-from sam3_lora.loss import build_sam3_loss
 from sam3_lora.models import build_model
-from sam3_lora.models.builders import save_sam3_checkpoint
-from sam3_lora.optim import warmup_cosine
-from sam3_lora.trainer import Trainer, TrainerConfig
+from sam3_lora.models.sam3_layout import save_sam3_checkpoint
+from sam3_lora.training.checkpoint import rng_state, set_rng_state
+from sam3_lora.training.loggers import Loggers
+from sam3_lora.training.loss import build_sam3_loss
+from sam3_lora.training.optim import warmup_cosine
+from sam3_lora.training.trainer import Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
+
+PRETRAIN_THREADS = 2
 
 
 def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int) -> dict:
@@ -40,7 +41,7 @@ def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int
         "train_images": train_images,
         "toy_version": toy.GENERATOR_VERSION,
         "model": "tiny",
-        "threads": 1,  # part of the recipe: float sums, so the weights, depend on the thread count
+        "threads": PRETRAIN_THREADS,  # float sums, so the weights, depend on the thread count
     }
 
 
@@ -64,11 +65,11 @@ def ensure_toy_base(
     # Pretraining must not move the caller's random streams: a run then trains the same
     # whether its base came from the cache or was just made.
     outer, threads = rng_state(), torch.get_num_threads()
-    # Deliberately on the CPU, on one thread, whatever the machine: the 4M-parameter model is
-    # launch-bound on a GPU, and its small matrices gain nothing from more threads while the data
-    # worker needs a core (2-core CPU: 60 steps in 19 s on one thread, 26 s on two, minutes
-    # when another process is busy; a 16-core GPU machine pretrained at half a 2-core one's speed).
-    torch.set_num_threads(1)
+    # Deliberately on the CPU, on two threads, whatever the machine: the 4M-parameter model is
+    # launch-bound on a GPU, and its small matrices gain nothing from many threads (a 16-core GPU
+    # machine pretrained at half a 2-core one's speed on 16). Fixed, so the cached base is the same
+    # everywhere (2-core CPU: 1000 steps in ~3 min on two threads, ~4.6 min on one).
+    torch.set_num_threads(PRETRAIN_THREADS)
     try:
         _pretrain(data, path, recipe, steps, lr, batch_size, seed)
     finally:
@@ -78,9 +79,7 @@ def ensure_toy_base(
 
 
 def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = build_model("tiny")
     split = Split(str(data / "train" / toy.ANNOTATIONS), str(data / "train"))
     loader = build_loader(

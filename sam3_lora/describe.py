@@ -1,4 +1,4 @@
-"""``python -m sam3_lora.inspect ADAPTER``: what an adapter file is, without loading a model.
+"""``python -m sam3_lora.describe ADAPTER``: what an adapter file is, without loading a model.
 
 Prints its LoRA config, adapted modules, parameter count and size, the base model it
 was trained on (name and architecture fingerprint) and the versions that wrote it.
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections import Counter
 
-from sam3_lora.errors import UserError
+from sam3_lora.core.errors import UserError
 from sam3_lora.lora import read_adapter
 from sam3_lora.lora.targets import part_of
 

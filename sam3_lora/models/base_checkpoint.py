@@ -1,0 +1,82 @@
+"""The base weights, ``sam3.pt``: where they come from, and loading them after checking what the file is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from sam3_lora.core.errors import UserError
+
+HF_REPO = "facebook/sam3"
+
+
+HF_CHECKPOINT = "sam3.pt"
+
+
+class BaseCheckpointError(UserError, ValueError):
+    """The base (sam3.pt) checkpoint is missing, unreadable, or not a SAM3 checkpoint."""
+
+
+def resolve_checkpoint(checkpoint_path: Optional[str], load_from_hub: bool) -> Optional[str]:
+    """Where the base weights come from: a file, the hub, or (for tests) nowhere."""
+    if checkpoint_path:
+        path = Path(os.path.expanduser(str(checkpoint_path)))
+        if path.is_file():
+            return str(path)
+        if not load_from_hub:
+            raise BaseCheckpointError(
+                f"SAM3 checkpoint not found at '{path}'.\n"
+                f"  Download {HF_CHECKPOINT} from https://huggingface.co/{HF_REPO} (gated: accept the licence "
+                f"first, then `huggingface-cli download {HF_REPO} {HF_CHECKPOINT}`),\n"
+                f"  then set model.checkpoint_path=/path/to/{HF_CHECKPOINT} "
+                f"(or model.load_from_hub=true to download it when online)."
+            )
+    if load_from_hub:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo_id=HF_REPO, filename=HF_CHECKPOINT)
+    return None
+
+
+def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
+    """Load ``sam3.pt`` with sam3's own loader (it strips ``detector.``), after checking
+    the file really is a SAM3 checkpoint rather than, say, a LoRA adapter."""
+    from sam3.model_builder import _load_checkpoint
+
+    if str(checkpoint_path).endswith(".safetensors"):
+        raise BaseCheckpointError(
+            f"{checkpoint_path} is a safetensors file; a sam3_lora adapter is loaded with adapter=path "
+            "(evaluate, predict, export), and model.checkpoint_path expects the base sam3.pt."
+        )
+    try:
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused.
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise BaseCheckpointError(
+            f"{checkpoint_path} is not a readable PyTorch checkpoint of tensors ({e}); "
+            "model.checkpoint_path expects the base sam3.pt"
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise BaseCheckpointError(
+            f"{checkpoint_path} holds a {type(ckpt).__name__}, not a SAM3 checkpoint (a dict of weights); "
+            "model.checkpoint_path expects the base sam3.pt"
+        )
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    found = {k[len("detector.") :] for k in state if isinstance(k, str) and k.startswith("detector.")}
+    expected = set(model.state_dict())
+    if len(found & expected) < 0.5 * len(expected):
+        raise BaseCheckpointError(
+            f"{checkpoint_path} does not look like a SAM3 checkpoint for this model: {len(found & expected)} of "
+            f"{len(expected)} weights found under 'detector.' (sam3.pt stores the image model there)."
+        )
+    del ckpt, state
+    try:
+        _load_checkpoint(model, checkpoint_path)
+    except RuntimeError as e:  # size mismatches
+        raise BaseCheckpointError(
+            f"{checkpoint_path} does not fit model '{getattr(model, 'image_size', '?')} px': {e}"
+        ) from e

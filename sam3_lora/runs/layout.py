@@ -1,0 +1,37 @@
+"""The files a training run leaves in its run directory, named once.
+
+``outputs/<date>/<time>/`` (or ``hydra.run.dir``) holds Hydra's record of the settings, the log,
+the metrics, the shippable weights and the checkpoints that resume the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HYDRA_CONFIG = ".hydra/config.yaml"  # the composed settings, as Hydra saved them at launch
+HYDRA_OVERRIDES = ".hydra/overrides.yaml"
+TRAINING_LOG = "training.log"
+RESULTS = "results.json"  # the final summary: held-out scores, throughput, memory
+METRICS = "metrics.json"  # validation scores per evaluation
+BASE_METRICS = "base_metrics.json"  # the frozen base's held-out score, from before training
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def adapter_file(tag: str) -> str:
+    """``adapter_best.safetensors`` / ``adapter_last.safetensors``: a LoRA run's shippable weights."""
+    return f"adapter_{tag}.safetensors"
+
+
+def full_weights_file(tag: str) -> str:
+    """``model_best.pt`` / ``model_last.pt``: a ``lora=none`` run's weights, in sam3.pt's layout."""
+    return f"model_{tag}.pt"
+
+
+def weights_file(tag: str, lora: bool) -> str:
+    return adapter_file(tag) if lora else full_weights_file(tag)
+
+
+def hydra_config(run_dir) -> Path:
+    return Path(run_dir) / HYDRA_CONFIG
