@@ -35,7 +35,6 @@ from sam3_lora.runs import layout
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.distributed import DistInfo
-from sam3_lora.training.loggers import build_loggers
 from sam3_lora.training.loss import build_sam3_loss
 from sam3_lora.training.settings import check_train_config
 from sam3_lora.training.trainer import Trainer, TrainerConfig
@@ -179,8 +178,12 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     train_loader = build_loader(
         train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed, world_size=info.world_size, rank=info.rank
     )
-    loggers = build_loggers(
-        cfg.logger, run_dir, config_dict, run_name or run_dir.name, is_main=info.is_main, default_group=sweep_group
+    loggers = instantiate(cfg.logger, _convert_="all")(
+        run_dir=run_dir,
+        config=config_dict,
+        run_name=run_name or run_dir.name,
+        is_main=info.is_main,
+        default_group=sweep_group,
     )
     # Across ranks the box count is all-reduced, so every rank's loss is normalised alike.
     loss_fn = build_sam3_loss(num_queries, normalization="global" if info.enabled else "local")

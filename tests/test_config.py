@@ -72,10 +72,8 @@ def test_every_optimizer_and_scheduler_instantiates_and_steps(optimizer, schedul
 
 @pytest.mark.parametrize("logger", GROUPS["logger"])
 def test_every_logger_builds(logger, tmp_path):
-    from sam3_lora.training.loggers import build_loggers
-
     cfg = _compose([f"logger={logger}"])
-    loggers = build_loggers(cfg.logger, tmp_path, {"a": 1}, "run", is_main=True)
+    loggers = instantiate(cfg.logger, _convert_="all")(run_dir=tmp_path, config={"a": 1}, run_name="run", is_main=True)
     assert len(loggers.backends) == {"none": 0, "tensorboard": 1, "wandb": 1, "all": 2}[logger]
     loggers.log_metrics({"x": 1.0}, 1)
     loggers.finish()
@@ -192,3 +190,11 @@ def test_help_lists_every_group_and_its_options():
     assert res.returncode == 0
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in res.stdout, group
+
+
+def test_trainer_defaults_are_written_once():
+    from sam3_lora.training.trainer import TrainerConfig
+
+    composed = instantiate(_compose([]).trainer)
+    assert TrainerConfig.from_group() == composed
+    assert TrainerConfig.from_group(batch_size=7).batch_size == 7

@@ -302,7 +302,7 @@ def main() -> None:
 
     from sam3_lora.training.trainer import TrainerConfig
 
-    workers = TrainerConfig().num_workers if args.workers is None else args.workers
+    workers = TrainerConfig.from_group().num_workers if args.workers is None else args.workers
     device = torch.device(args.device)
     common = {
         "model": args.model,

@@ -85,7 +85,7 @@ def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch
     loader = build_loader(
         build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=1, seed=seed
     )
-    cfg = TrainerConfig(
+    cfg = TrainerConfig.from_group(
         max_epochs=10**6,
         max_steps=steps,
         batch_size=batch_size,

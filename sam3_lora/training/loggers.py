@@ -106,27 +106,35 @@ class Loggers:
 
 
 def build_loggers(
-    cfg, run_dir: Path, config: Dict[str, Any], run_name: str, is_main: bool, default_group: Optional[str] = None
+    *,
+    run_dir: Path,
+    config: Dict[str, Any],
+    run_name: str,
+    is_main: bool,
+    default_group: Optional[str] = None,
+    tensorboard: Optional[Dict[str, Any]] = None,
+    wandb: Optional[Dict[str, Any]] = None,
 ) -> Loggers:
-    """``cfg`` is the ``logger`` config group: ``tensorboard`` and ``wandb`` blocks, each null or enabled.
+    """The ``logger`` config group's target (partial: the run supplies where and what).
+
+    ``tensorboard`` / ``wandb``: each backend's settings, or null to leave it out.
     ``default_group``: the wandb group when the config names none (a sweep's directory)."""
     if not is_main:
         return Loggers([])
     backends: List[Any] = []
-    if cfg.get("tensorboard"):
-        backends.append(TensorBoardLogger(run_dir / cfg.tensorboard.subdir))
-    if cfg.get("wandb"):
-        w = cfg.wandb
+    if tensorboard:
+        backends.append(TensorBoardLogger(Path(run_dir) / tensorboard["subdir"]))
+    if wandb:
         backends.append(
             WandbLogger(
                 run_dir,
                 config,
-                project=w.project,
-                name=w.name or run_name,
-                group=w.group or default_group,
-                tags=list(w.tags or []),
-                mode=w.mode,
-                entity=w.get("entity"),
+                project=wandb["project"],
+                name=wandb.get("name") or run_name,
+                group=wandb.get("group") or default_group,
+                tags=list(wandb.get("tags") or []),
+                mode=wandb["mode"],
+                entity=wandb.get("entity"),
             )
         )
     return Loggers(backends)

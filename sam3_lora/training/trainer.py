@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import peak_memory_gb, resolve_amp, resolve_device
 from sam3_lora.core.errors import UserError
 from sam3_lora.evaluation.coco import Evaluator
@@ -54,24 +56,35 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 20
-    max_steps: Optional[int] = None  # optimizer steps; stops early when reached (debugging)
-    batch_size: int = 2
-    num_workers: int = 2
-    grad_accum: int = 1
-    clip_grad: Optional[float] = 0.1
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    activation_checkpointing: bool = False  # recompute ViT blocks in backward: less memory, more time
-    eval_every: int = 1  # epochs
-    save_every: int = 0  # epochs; 0 = only last and best
-    best_metric: str = "bbox/AP"
-    log_every: int = 10  # optimizer steps
-    max_dets: int = 100
-    resume: Optional[str] = None  # a checkpoint file or run directory; the run dir's own last.pt is automatic
-    auto_resume: bool = True
-    deterministic: bool = False
-    max_bad_steps: int = 5  # consecutive non-finite losses before giving up
-    device: str = "auto"
+    """The ``trainer`` config group's settings. Their defaults and meanings are written once, in
+    ``conf/trainer/default.yaml``; code that builds a trainer without Hydra starts from them
+    (:meth:`from_group`)."""
+
+    max_epochs: int
+    max_steps: Optional[int]
+    batch_size: int
+    num_workers: int
+    grad_accum: int
+    clip_grad: Optional[float]
+    amp: str
+    activation_checkpointing: bool
+    eval_every: int
+    save_every: int
+    best_metric: str
+    log_every: int
+    max_dets: int
+    resume: Optional[str]
+    auto_resume: bool
+    deterministic: bool
+    max_bad_steps: int
+    device: str
+
+    @classmethod
+    def from_group(cls, **overrides) -> "TrainerConfig":
+        """``conf/trainer/default.yaml`` with ``overrides``, as ``trainer.key=value`` would give."""
+        values = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "trainer" / "default.yaml"))
+        values.pop("_target_")
+        return cls(**{**values, **overrides})
 
 
 class Trainer:
