@@ -1,0 +1,1 @@
+"""COCO evaluation of a model on a split (pycocotools)."""

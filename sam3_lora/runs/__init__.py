@@ -1,0 +1,1 @@
+"""A training run's directory: its file layout, and the tuned model it holds."""

@@ -1,0 +1,1 @@
+"""Workarounds for sam3 0.1.4, each documented where it lives."""
