@@ -15,7 +15,7 @@ from torch import nn
 from sam3_lora.models.sizes import SIZES, SAM3Size
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
-from sam3_lora.training.loss import hungarian_matcher
+from sam3_lora.training.loss import FinitePredictionsMatcher, hungarian_matcher
 
 
 def default_bpe_path() -> str:
@@ -215,8 +215,9 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
         add_cls=True,
         add_post_encode_proj=True,
     )
-    # The stock builder's matcher; it lives in the model (out["indices"]) for training.
-    matcher = None if eval_mode else hungarian_matcher()
+    # The stock builder's matcher; it lives in the model (out["indices"]) for training, behind
+    # the check that names NaN predictions (scipy's solver would fail on them with an opaque error).
+    matcher = None if eval_mode else FinitePredictionsMatcher(hungarian_matcher())
     model = Sam3Image(
         backbone=backbone,
         transformer=TransformerWrapper(encoder=encoder, decoder=decoder, d_model=s.d_model),

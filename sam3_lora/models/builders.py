@@ -20,6 +20,7 @@ from sam3_lora.models.base_checkpoint import HF_REPO, BaseCheckpointError, load_
 from sam3_lora.models.sizes import SIZES
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
+from sam3_lora.training.loss import FinitePredictionsMatcher
 
 # The ``model`` config group: one file per command-line option (``model=<file stem>``).
 MODEL_CONF_DIR = Path(CONF_DIR) / "model"
@@ -77,6 +78,8 @@ def build_sam3(
             enable_segmentation=enable_segmentation,
         )
     init_text_encoder(model)
+    if model.matcher is not None:  # as build_sam3_sized: NaN predictions named, not sent to scipy
+        model.matcher = FinitePredictionsMatcher(model.matcher)
     model.image_size = SIZES["full"].img_size
     if resolved is not None:
         load_base_checkpoint(model, resolved)

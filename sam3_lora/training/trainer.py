@@ -32,7 +32,7 @@ from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.distributed import DistInfo
 from sam3_lora.training.loggers import Loggers
-from sam3_lora.training.loss import FinitePredictionsMatcher, NonFinitePredictions, compute_loss, core_loss
+from sam3_lora.training.loss import NonFinitePredictions, compute_loss, core_loss
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self._guard_matcher()  # before DDP wraps the model
         self.loss_fn = loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params)
@@ -150,11 +149,6 @@ class Trainer:
         self._apply_activation_checkpointing()
 
     # ---------------------------------------------------------------- setup
-    def _guard_matcher(self) -> None:
-        matcher = getattr(self.model, "matcher", None)
-        if matcher is not None and not isinstance(matcher, FinitePredictionsMatcher):
-            self.model.matcher = FinitePredictionsMatcher(matcher)
-
     def _weights_finite(self) -> bool:
         return not self.params or bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
 
