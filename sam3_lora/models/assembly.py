@@ -54,6 +54,24 @@ def _mha(s: SAM3Size, batch_first: bool = False, dropout: Optional[float] = None
     )
 
 
+def _encoder_layer(s: SAM3Size, *, pos_enc_at_attn: bool, pos_enc_at_cross_attn_keys: bool, batch_first: bool):
+    """A pre-norm encoder layer (self- then cross-attention, ReLU FFN) as the stock builder wires it."""
+    from sam3.model.encoder import TransformerEncoderLayer
+
+    return TransformerEncoderLayer(
+        activation="relu",
+        d_model=s.d_model,
+        dim_feedforward=s.dim_feedforward,
+        dropout=s.dropout,
+        pos_enc_at_attn=pos_enc_at_attn,
+        pos_enc_at_cross_attn_keys=pos_enc_at_cross_attn_keys,
+        pos_enc_at_cross_attn_queries=False,
+        pre_norm=True,
+        self_attention=_mha(s, batch_first=batch_first),
+        cross_attention=_mha(s, batch_first=batch_first),
+    )
+
+
 @cpu_compat.applied()
 def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: bool = False) -> nn.Module:
     """SAM3's image model assembled from sam3's classes, with the stock wiring, at ``size``.
@@ -62,7 +80,7 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
     targets, parameter names and forward behaviour match); only the sizes differ.
     """
     from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
-    from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
+    from sam3.model.encoder import TransformerEncoderFusion
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
     from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
@@ -119,18 +137,8 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
     backbone = SAM3VLBackbone(visual=neck, text=text, scalp=1)
 
     encoder = TransformerEncoderFusion(
-        layer=TransformerEncoderLayer(
-            activation="relu",
-            d_model=s.d_model,
-            dim_feedforward=s.dim_feedforward,
-            dropout=s.dropout,
-            pos_enc_at_attn=True,
-            pos_enc_at_cross_attn_keys=False,
-            pos_enc_at_cross_attn_queries=False,
-            pre_norm=True,
-            self_attention=_mha(s, batch_first=True),
-            cross_attention=_mha(s, batch_first=True),
-        ),
+        # image features attend to the prompt: positions on self-attention only
+        layer=_encoder_layer(s, pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False, batch_first=True),
         num_layers=s.encoder_layers,
         d_model=s.d_model,
         num_feature_levels=1,
@@ -199,18 +207,8 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
         boxes_pos_enc=True,
         d_model=s.d_model,
         num_layers=s.geometry_layers,
-        layer=TransformerEncoderLayer(
-            activation="relu",
-            d_model=s.d_model,
-            dim_feedforward=s.dim_feedforward,
-            dropout=s.dropout,
-            pos_enc_at_attn=False,
-            pre_norm=True,
-            self_attention=_mha(s),
-            pos_enc_at_cross_attn_queries=False,
-            pos_enc_at_cross_attn_keys=True,
-            cross_attention=_mha(s),
-        ),
+        # geometry prompts attend to the image: positions on the image keys only
+        layer=_encoder_layer(s, pos_enc_at_attn=False, pos_enc_at_cross_attn_keys=True, batch_first=False),
         use_act_ckpt=True,
         add_cls=True,
         add_post_encode_proj=True,
