@@ -7,8 +7,9 @@ import torch
 from conftest import compose_train, tiny_run_overrides
 
 import sam3_lora.training.trainer as trainer_module
+from sam3_lora.core.atomic_files import WriteError, atomic_save
 from sam3_lora.train import run
-from sam3_lora.training.checkpoint import CheckpointError, atomic_save
+from sam3_lora.training.checkpoint import CheckpointError
 from sam3_lora.training.trainer import NonFiniteLossError
 
 
@@ -24,7 +25,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match="No space left on device.*previous last.pt is intact"):
+    with pytest.raises(WriteError, match="No space left on device.*previous last.pt is intact"):
         atomic_save({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1

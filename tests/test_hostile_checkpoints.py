@@ -21,6 +21,7 @@ from conftest import tiny_run_overrides, train_in_process
 from hostile import crafted_plain_pickle, crafted_torch_file
 from safetensors.torch import load_file
 
+from sam3_lora.core.atomic_files import atomic_save
 from sam3_lora.core.errors import exit_on_user_error
 from sam3_lora.lora import LoraConfig, inject_lora, save_adapter
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
@@ -286,7 +287,7 @@ def test_failed_best_write_keeps_the_recorded_best_and_the_best_files_in_step(to
     last = run_copy / "checkpoints" / "last.pt"
     state = ckpt.load(last)
     state["best"] = -1.0  # below any AP: the next evaluation is an improvement
-    ckpt.atomic_save(state, last)
+    atomic_save(state, last)
     files = _bytes(run_copy)
     real_save = torch.save
 
@@ -318,7 +319,7 @@ def test_checkpoints_and_adapters_follow_the_umask(umask, tiny_model, tmp_path):
     previous = os.umask(umask)
     try:
         written = [
-            ckpt.atomic_save({"step": torch.tensor(1)}, tmp_path / "last.pt"),
+            atomic_save({"step": torch.tensor(1)}, tmp_path / "last.pt"),
             save_adapter(tiny_model, tmp_path / "adapter.safetensors", base_model="tiny"),
         ]
     finally:

@@ -21,11 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sam3_lora.core.atomic_files import atomic_write
+from sam3_lora.core.conf import model_option
 from sam3_lora.core.errors import UserError
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, base_weights_fingerprint, inject_lora
-from sam3_lora.models.builders import model_option
-from sam3_lora.training.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 

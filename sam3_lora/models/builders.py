@@ -7,43 +7,17 @@ resolved here (a local ``sam3.pt``, or the hub when asked); ``build_model`` pick
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Optional
 
-import yaml
 from torch import nn
 
-from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.models.assembly import build_sam3_sized, default_bpe_path, init_text_encoder
 from sam3_lora.models.base_checkpoint import HF_REPO, BaseCheckpointError, load_base_checkpoint, resolve_checkpoint
 from sam3_lora.models.sizes import SIZES
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
 from sam3_lora.training.loss import FinitePredictionsMatcher
-
-# The ``model`` config group: one file per command-line option (``model=<file stem>``).
-MODEL_CONF_DIR = Path(CONF_DIR) / "model"
-
-
-@functools.lru_cache(maxsize=None)
-def model_options() -> Dict[str, Tuple[str, str]]:
-    """``{option: (_target_, name)}`` for every file of the ``model`` config group."""
-    options = {}
-    for path in sorted(MODEL_CONF_DIR.glob("*.yaml")):
-        spec = yaml.safe_load(path.read_text()) or {}
-        options[path.stem] = (spec.get("_target_"), spec.get("name"))
-    return options
-
-
-def model_builders() -> FrozenSet[str]:
-    """The ``_target_``s the ``model`` config group uses: all a run directory's config may build."""
-    return frozenset(target for target, _ in model_options().values() if target)
-
-
-def model_option(name: str) -> Optional[str]:
-    """The ``model=`` option whose config has ``name: <name>`` (``tiny_toy`` -> ``sam3_tiny_toy``)."""
-    return next((option for option, (_, n) in model_options().items() if n == name), None)
 
 
 def build_sam3(

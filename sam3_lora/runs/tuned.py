@@ -22,9 +22,10 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from yaml import YAMLError
 
+from sam3_lora.core.conf import model_builders
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.config import DatasetConfig, DatasetConfigError
 from sam3_lora.lora import AdapterInfo, load_adapter
-from sam3_lora.models.builders import model_builders
 from sam3_lora.runs import layout
 
 
@@ -36,7 +37,7 @@ class RunDirError(UserError, ValueError):
 class Tuned:
     model: nn.Module
     model_cfg: DictConfig
-    dataset_cfg: Optional[DictConfig]
+    dataset: Optional[DatasetConfig]
     adapter: Optional[Path]
     info: Optional[AdapterInfo]
 
@@ -113,7 +114,9 @@ def load_tuned(cfg: DictConfig) -> Tuned:
     """``cfg`` has ``run_dir``, ``adapter``, ``base`` and (without run_dir) ``model`` / ``dataset``."""
     if cfg.get("run_dir"):
         rc, model_cfg = run_model_config(cfg.run_dir)
-        dataset_cfg = rc.get("dataset")
+        recorded = rc.get("dataset")
+        where = f"{run_config_path(cfg.run_dir)} (dataset)"
+        dataset = None if recorded is None else _recorded_dataset(recorded, where)
         adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
         seed = rc.get("seed", 0)
         if not isinstance(seed, int):
@@ -122,13 +125,26 @@ def load_tuned(cfg: DictConfig) -> Tuned:
         # (model=sam3_tiny) comes out identical here. Checkpointed bases do not depend on it.
         torch.manual_seed(seed)
     else:
-        model_cfg, dataset_cfg = cfg.model, cfg.get("dataset")
+        model_cfg = cfg.model
+        dataset = instantiate(cfg.dataset) if cfg.get("dataset") is not None else None
         adapter = None if cfg.get("base") or not cfg.get("adapter") else Path(cfg.adapter)
     model = instantiate(model_cfg)
     if not isinstance(model, nn.Module):
         raise RunDirError(f"model config {model_cfg.get('name')!r} built a {type(model).__name__}, not a model")
     info = load_adapter(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
-    return Tuned(model.eval(), model_cfg, dataset_cfg, adapter, info)
+    return Tuned(model.eval(), model_cfg, dataset, adapter, info)
+
+
+def _recorded_dataset(section: DictConfig, where: str) -> DatasetConfig:
+    """A run's dataset section, read as data: built field by field, its ``_target_`` never imported."""
+    try:
+        values = OmegaConf.to_container(section, resolve=True)
+    except OmegaConfBaseException as e:
+        raise RunDirError(f"{where}: cannot be resolved ({str(e).splitlines()[0]})") from e
+    try:
+        return DatasetConfig.from_section(values, where)
+    except DatasetConfigError as e:
+        raise RunDirError(str(e)) from None
 
 
 def output_dir(path, overwrite: bool) -> Path:

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from sam3_lora.core.atomic_files import WriteError, atomic_save, remove_stale_temp_files, written_together
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import peak_memory_gb, resolve_amp, resolve_device
 from sam3_lora.core.errors import UserError
@@ -237,8 +238,8 @@ class Trainer:
         self._stop_if_diverged()
         try:
             self._save(metrics, mid_epoch)
-        except ckpt.CheckpointError as e:
-            raise ckpt.CheckpointError(
+        except WriteError as e:
+            raise WriteError(
                 f"{e} Free space in the run directory {self.run_dir}, or copy it to a disk with room and run the "
                 f"same command with hydra.run.dir=<the copy>: training resumes from its last good checkpoint."
             ) from e
@@ -247,22 +248,22 @@ class Trainer:
         if not mid_epoch and metrics is not None and self.pending_best is not None:
             # The best files (both or neither) first, the score recorded (self.best, then last.pt)
             # only once they are written: a failed write leaves files and score as they were.
-            with ckpt.written_together():
-                ckpt.atomic_save(self.state(best=self.pending_best), self.ckpt_dir / ckpt.BEST)
+            with written_together():
+                atomic_save(self.state(best=self.pending_best), self.ckpt_dir / ckpt.BEST)
                 self.save_weights(self.model, "best")
             self.best, self.pending_best = self.pending_best, None
         state = self.state()
-        ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
+        atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if mid_epoch:
             return
         if self.cfg.save_every and self.epoch % self.cfg.save_every == 0:
-            ckpt.atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch:04d}.pt")
+            atomic_save(state, self.ckpt_dir / f"epoch_{self.epoch:04d}.pt")
         self.save_weights(self.model, "last")
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> Dict[str, float]:
         if self.is_main:
-            ckpt.remove_stale_temp_files(self.ckpt_dir, self.run_dir)
+            remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         self.resume()
         start = time.time()
         self._install_signal_handlers()
