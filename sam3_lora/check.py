@@ -78,14 +78,26 @@ def _checkpoint(cfg) -> Check:
 
 
 def _data(cfg) -> List[Check]:
+    from hydra.utils import instantiate
+
+    from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig
     from sam3_lora.data.validate import validate_split
 
-    if cfg.dataset.get("generate"):
-        return [("data", True, f"toy shapes, generated at {cfg.dataset.root} on first use")]
+    try:
+        dataset = instantiate(cfg.dataset)
+    except Exception:  # noqa: BLE001 - the settings line says what is wrong with the section
+        dataset = None
+    if not isinstance(dataset, DatasetConfig):
+        return [("data", False, "the dataset section does not build (see the settings line)")]
+    if dataset.generate is not None:
+        return [("data", True, f"toy shapes, generated at {dataset.root} on first use")]
     checks = []
-    for split in ("train", "valid", "test"):
-        spec = cfg.dataset[split]
-        if not Path(spec.ann_file).is_file():
+    for split in SPLIT_NAMES:
+        spec = dataset.split(split)
+        if spec is None:
+            checks.append((f"data: {split}", split != "train", "not configured"))
+            continue
+        if not spec.exists():
             checks.append(
                 (
                     f"data: {split}",
@@ -94,7 +106,7 @@ def _data(cfg) -> List[Check]:
                 )
             )
             continue
-        report, _ = validate_split(spec.ann_file, spec.img_folder, check_images=cfg.dataset.validate.check_images)
+        report, _ = validate_split(spec.ann_file, spec.img_folder, check_images=dataset.validate.check_images)
         detail = f"{report.num_images} images, {report.num_annotations} annotations"
         if report.errors:
             detail += "; problems:\n" + report.summary()

@@ -15,15 +15,16 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.data.coco import build_dataset, build_loader
+from sam3_lora.data.config import DatasetConfig, Split
 from sam3_lora.data.validate import ValidationReport, validate_and_clean
 from sam3_lora.evaluation.coco import coco_evaluate, predict
 from sam3_lora.runs.tuned import load_tuned
@@ -37,15 +38,15 @@ class SplitError(UserError, ValueError):
     """The requested split is not configured or its annotation file is missing."""
 
 
-def _split(dataset_cfg: DictConfig, name: str, clean_dir: Path) -> tuple[Split, ValidationReport]:
+def _split(dataset: Optional[DatasetConfig], name: str, clean_dir: Path) -> tuple[Split, ValidationReport]:
     """The split, validated as training validates it; repaired annotations go to ``clean_dir``."""
-    spec = dataset_cfg.get(name) if dataset_cfg is not None else None
-    if spec is None or not Path(spec.ann_file).is_file():
+    spec = dataset.split(name) if dataset is not None else None
+    if spec is None or not spec.exists():
         where = spec.ann_file if spec is not None else f"dataset.{name}"
         raise SplitError(
             f"split '{name}' has no annotation file ({where}); pass split=valid or dataset.{name}.ann_file=..."
         )
-    check_images = OmegaConf.select(dataset_cfg, "validate.check_images", default=True)
+    check_images = dataset.validate.check_images
     ann_file, report = validate_and_clean(spec.ann_file, spec.img_folder, clean_dir, name, check_images=check_images)
     return Split(ann_file, spec.img_folder), report
 
@@ -77,13 +78,13 @@ def table(
 def evaluate(cfg: DictConfig) -> dict:
     tuned = load_tuned(cfg)
     with tempfile.TemporaryDirectory(prefix="sam3_lora_eval_") as clean_dir:
-        split, report = _split(tuned.dataset_cfg, cfg.split, Path(clean_dir))
+        split, report = _split(tuned.dataset, cfg.split, Path(clean_dir))
         device = resolve_device(cfg.device)
         dataset = build_dataset(
             split,
             tuned.model.image_size,
             training=False,
-            category_chunk_size=tuned.dataset_cfg.get("eval_category_chunk"),
+            category_chunk_size=tuned.dataset.eval_category_chunk,
         )
         detections = predict(
             tuned.model.to(device), build_loader(dataset, cfg.batch_size, False, cfg.num_workers), device, cfg.max_dets

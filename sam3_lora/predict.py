@@ -185,8 +185,8 @@ def given_prompts(cfg: DictConfig) -> List[str]:
 def _prompts(given: List[str], tuned) -> List[str]:
     if given:
         return given
-    if tuned.dataset_cfg is not None and Path(tuned.dataset_cfg.train.ann_file).is_file():
-        cats = json.loads(Path(tuned.dataset_cfg.train.ann_file).read_text())["categories"]
+    if tuned.dataset is not None and tuned.dataset.train.exists():
+        cats = json.loads(Path(tuned.dataset.train.ann_file).read_text())["categories"]
         return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
     raise PredictError("no prompts: pass prompts=[...] (e.g. prompts=[person,'hard hat'])")
 

@@ -25,7 +25,8 @@ from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device, seed_everything
 from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.data import toy
-from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.data.coco import build_dataset, build_loader
+from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
 from sam3_lora.evaluation.coco import Evaluator
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
@@ -49,24 +50,24 @@ class Splits:
     test: Optional[Split]
 
 
-def prepare_data(cfg: DictConfig, run_dir: Path, validate: bool = True) -> Splits:
+def prepare_data(dataset: DatasetConfig, run_dir: Path, validate: bool = True) -> Splits:
     """Generate toy data if asked, then validate each split (cleaned copies go to the run dir).
 
     ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data
     already; take its cleaned copies where it wrote any, without reading every image again.
     """
-    if cfg.get("generate") and validate:
-        g = cfg.generate
-        toy.ensure(cfg.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
+    if dataset.generate is not None and validate:
+        g = dataset.generate
+        toy.ensure(dataset.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
     out: Dict[str, Optional[Split]] = {}
-    for name in ("train", "valid", "test"):
-        spec = cfg.get(name)
-        if spec is None or (name != "train" and not Path(spec.ann_file).is_file()):
+    for name in SPLIT_NAMES:
+        spec = dataset.split(name)
+        if spec is None or (name != "train" and not spec.exists()):
             out[name] = None
             continue
         if validate:
             ann_file, report = validate_and_clean(
-                spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=cfg.validate.check_images
+                spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=dataset.validate.check_images
             )
             log.info("data %s", report.summary())
         else:
@@ -80,7 +81,7 @@ class PreflightError(UserError, ValueError):
     """Things missing before any work starts (all listed at once)."""
 
 
-def preflight(cfg: DictConfig) -> None:
+def preflight(cfg: DictConfig, dataset: DatasetConfig) -> None:
     """Check the checkpoint and the data exist before building anything heavy."""
     problems = []
     if cfg.model.name == "sam3" and not cfg.model.get("random_init"):
@@ -88,10 +89,9 @@ def preflight(cfg: DictConfig) -> None:
             resolve_checkpoint(cfg.model.checkpoint_path, cfg.model.load_from_hub)
         except BaseCheckpointError as e:
             problems.append(str(e))
-    train = Path(cfg.dataset.train.ann_file)
-    if not cfg.dataset.get("generate") and not train.is_file():
+    if dataset.generate is None and not dataset.train.exists():
         problems.append(
-            f"No training data at '{train}'.\n  Put a COCO export in Roboflow's layout at {cfg.dataset.root}/"
+            f"No training data at '{dataset.train.ann_file}'.\n  Put a COCO export in Roboflow's layout at {dataset.root}/"
             "{train,valid,test}/_annotations.coco.json (images beside each file), or set dataset.root=/path/to/export "
             "(or dataset.train.ann_file / dataset.train.img_folder); dataset=toy trains on generated shapes."
         )
@@ -103,17 +103,20 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optiona
     """Train as configured. Under torchrun or SLURM tasks every process calls this; rank 0
     prepares data, evaluates, logs and writes, the others train their shard."""
     check_train_config(cfg)
-    preflight(cfg)
+    dataset: DatasetConfig = instantiate(cfg.dataset)
+    preflight(cfg, dataset)
     info = distributed.init_distributed()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return _run(cfg, Path(run_dir), run_name, sweep_group, info)
+        return _run(cfg, dataset, Path(run_dir), run_name, sweep_group, info)
     finally:
         distributed.shutdown(info)
 
 
-def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[str], info: DistInfo) -> Dict:
+def _run(
+    cfg: DictConfig, dataset: DatasetConfig, run_dir: Path, run_name: str, sweep_group: Optional[str], info: DistInfo
+) -> Dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     # The checkpoint to continue, read (never unpickled) and compared with these settings
@@ -124,10 +127,10 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     tcfg: TrainerConfig = instantiate(cfg.trainer)
     if info.is_main:  # generate / validate once; the others read what rank 0 wrote
-        splits = prepare_data(cfg.dataset, run_dir)
+        splits = prepare_data(dataset, run_dir)
     distributed.barrier(info)
     if not info.is_main:
-        splits = prepare_data(cfg.dataset, run_dir, validate=False)
+        splits = prepare_data(dataset, run_dir, validate=False)
     model = instantiate(cfg.model)
     base_name = cfg.model.name
     image_size, num_queries = model.image_size, model.transformer.decoder.num_queries
@@ -140,7 +143,7 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
     tcfg.device = str(device)
 
     def evaluator(split: Split) -> Evaluator:
-        ds = build_dataset(split, image_size, training=False, category_chunk_size=cfg.dataset.eval_category_chunk)
+        ds = build_dataset(split, image_size, training=False, category_chunk_size=dataset.eval_category_chunk)
         return Evaluator(split.ann_file, build_loader(ds, tcfg.batch_size, False, tcfg.num_workers), tcfg.max_dets)
 
     results: Dict[str, Dict[str, float]] = {}
@@ -170,10 +173,10 @@ def _run(cfg: DictConfig, run_dir: Path, run_name: str, sweep_group: Optional[st
         splits.train,
         image_size,
         training=True,
-        num_hard_negatives=cfg.dataset.num_hard_negatives,
-        max_ann_per_img=cfg.dataset.max_ann_per_img,
-        hflip=cfg.dataset.augment.hflip,
-        scale_min=cfg.dataset.augment.scale_min,
+        num_hard_negatives=dataset.num_hard_negatives,
+        max_ann_per_img=dataset.max_ann_per_img,
+        hflip=dataset.augment.hflip,
+        scale_min=dataset.augment.scale_min,
     )
     train_loader = build_loader(
         train_ds, tcfg.batch_size, True, tcfg.num_workers, seed=cfg.seed, world_size=info.world_size, rank=info.rank

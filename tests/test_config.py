@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import instantiate
 
 from sam3_lora.core.conf import CONF_DIR, compose_config
+from sam3_lora.data.config import DatasetConfig, Split
 from sam3_lora.lora import LoraConfig
 
 GROUPS = {
@@ -48,6 +49,28 @@ def test_every_lora_preset_instantiates(lora):
         assert not cfg.lora  # full fine-tuning
     else:
         assert isinstance(instantiate(cfg.lora, _convert_="all"), LoraConfig)
+
+
+INSTANTIATED_GROUPS = ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger")
+
+
+@pytest.mark.parametrize("group", INSTANTIATED_GROUPS)
+def test_every_option_of_an_instantiated_group_names_its_target(group):
+    # lora=none is the one option that builds nothing (full fine-tuning)
+    for option in GROUPS[group]:
+        node = _compose([f"{group}={option}"])[group]
+        assert (not node and (group, option) == ("lora", "none")) or "_target_" in node, (group, option)
+
+
+@pytest.mark.parametrize("dataset", GROUPS["dataset"])
+def test_every_dataset_instantiates_typed_settings(dataset):
+    cfg = _compose([f"dataset={dataset}", "dataset.root=/data/x"])
+    built = instantiate(cfg.dataset)
+    assert isinstance(built, DatasetConfig) and isinstance(built.train, Split)
+    assert built.train.ann_file == "/data/x/train/_annotations.coco.json"
+    assert (built.generate is not None) == (dataset == "toy")
+    if built.generate is not None:
+        assert isinstance(built.generate.splits, dict) and built.generate.splits["train"] > 0
 
 
 @pytest.mark.parametrize("optimizer", GROUPS["optimizer"])

@@ -22,11 +22,11 @@ from sam3_lora import check
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
 from sam3_lora import predict as predict_cmd
+from sam3_lora.core.conf import model_builders
 from sam3_lora.core.errors import find_user_error
 from sam3_lora.lora import AdapterError, LoraConfig, inject_lora, load_adapter, read_adapter, save_adapter
 from sam3_lora.lora.inject import base_weights_fingerprint
 from sam3_lora.models import BaseCheckpointError, build_model
-from sam3_lora.models.builders import model_builders
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
 from sam3_lora.predict import PredictError
 from sam3_lora.runs.tuned import RunDirError, load_tuned
@@ -161,6 +161,30 @@ def test_the_runs_own_config_still_builds(run):
     # the same run directory, untouched: its builder is on the allow-list and its adapter loads
     tuned = load_tuned(compose_command("evaluate", run_dir=run))
     assert tuned.info is not None and tuned.adapter.name == "adapter_best.safetensors"
+
+
+def test_the_dataset_section_is_read_as_data(run, tmp_path, marker):
+    # a dataset section naming a target that would run code: read field by field, never imported
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    payload = marker.with_name("payload")
+    payload.write_text("copied by a crafted config")
+    config["dataset"]["_target_"] = "shutil.copyfile"
+    config["dataset"]["_args_"] = [str(payload), str(marker)]
+    crafted = _crafted_run(run, tmp_path, config["model"])
+    (crafted / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    tuned = load_tuned(compose_command("evaluate", run_dir=crafted))
+    assert tuned.dataset.train.exists() and tuned.dataset.train.ann_file.endswith("_annotations.coco.json")
+    assert not marker.exists()
+
+
+def test_an_unknown_dataset_key_in_a_run_names_file_and_key(run, tmp_path):
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["dataset"]["augment"]["rotate"] = 30
+    crafted = _crafted_run(run, tmp_path, config["model"])
+    (crafted / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    error = _user_error(evaluate_cmd.evaluate, compose_command("evaluate", run_dir=crafted))
+    assert isinstance(error, RunDirError)
+    assert str(crafted / ".hydra" / "config.yaml") in str(error) and "dataset.augment.rotate" in str(error)
 
 
 def test_unreadable_run_config_is_a_clean_error(run, tmp_path):

@@ -34,6 +34,9 @@ BAD_SETTINGS = {
     "lora.dropout=1.0": "lora.dropout must be in [0, 1)",
     "lora.targets=[qproj]": "unknown LoRA target 'qproj'; valid targets: q_proj",
     "lora.parts=[txt]": "unknown LoRA part 'txt'; valid parts: vision, text",
+    "+dataset.augment.rotate=30": "unknown key(s) dataset.augment.rotate",
+    "~dataset.max_ann_per_img": "missing key(s) dataset.max_ann_per_img",
+    "dataset._target_=collections.OrderedDict": "built a OrderedDict, not a sam3_lora.data.config.DatasetConfig",
 }
 
 

@@ -17,7 +17,6 @@ import io
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +26,7 @@ from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.config import Split
 from sam3_lora.data.validate import DataValidationError
 
 log = logging.getLogger("sam3_lora.data")
@@ -45,17 +45,6 @@ class ImageLoadError(UserError, RuntimeError):
         if message.startswith("Caught ") and marker in message:
             message = message.split(marker, 1)[1].rstrip()
         super().__init__(message)
-
-
-@dataclass
-class Split:
-    """One split of a COCO dataset: the annotation file and the folder its file_names are relative to."""
-
-    ann_file: str
-    img_folder: str
-
-    def exists(self) -> bool:
-        return Path(self.ann_file).is_file()
 
 
 class HardNegativeCocoLoader(COCO_FROM_JSON):

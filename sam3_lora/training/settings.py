@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.config import DATASET_TARGET, DatasetConfig
 from sam3_lora.evaluation.coco import STAT_NAMES
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -106,6 +107,25 @@ def _check_group(cfg: DictConfig, group: str, check, problems: List[str]) -> Non
     problems.extend(f"{group}.{line}" for line in p.lines)
 
 
+def _check_dataset(dataset: DictConfig, problems: List[str]) -> None:
+    """The section must build a DatasetConfig: every key known, none missing."""
+    values = OmegaConf.to_container(dataset, resolve=True)
+    try:
+        if values.get("_target_") == DATASET_TARGET:  # key by key, naming the unknown and the missing
+            DatasetConfig.from_section(values)
+            return
+        built = instantiate(dataset)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps what the target raised
+        cause = e.__cause__ or e
+        problems.append(str(cause) if isinstance(cause, UserError) else f"dataset: {cause}")
+        return
+    if not isinstance(built, DatasetConfig):
+        problems.append(
+            f"dataset._target_={dataset.get('_target_')!r} built a {type(built).__name__}, not a "
+            f"{DATASET_TARGET} (see conf/dataset/coco.yaml)"
+        )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` listing every invalid setting of a training config."""
     problems: List[str] = []
@@ -127,5 +147,7 @@ def check_train_config(cfg: DictConfig) -> None:
         except Exception as e:  # noqa: BLE001 - Hydra wraps the LoraConfigError
             cause = e.__cause__ or e
             problems.append(str(cause) if isinstance(cause, UserError) else f"lora: {cause}")
+    if cfg.get("dataset") is not None:
+        _check_dataset(cfg.dataset, problems)
     if problems:
         raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(problems))
