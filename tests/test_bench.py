@@ -37,3 +37,5 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert results["train"]["LoRA balanced"]["trainable"] < results["train"]["full fine-tuning"]["trainable"]
     assert set(results["inference"]) == {"base_s", "unmerged_s", "merged_s"}
     assert "| training setup |" in res.stdout and "ours / PEFT" in res.stdout
+    assert results["train"]["LoRA balanced + text cache"]["trainable"] == results["train"]["LoRA balanced"]["trainable"]
+    assert "best LoRA balanced throughput" in res.stdout and "unmerged / merged" in res.stdout

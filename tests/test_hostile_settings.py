@@ -29,6 +29,7 @@ BAD_SETTINGS = {
     "optimizer.lr=nan": "optimizer.lr=nan: a positive learning rate",
     "optimizer.weight_decay=-0.1": "optimizer.weight_decay=-0.1: a number >= 0",
     "scheduler.warmup_ratio=1.5": "scheduler.warmup_ratio=1.5: a fraction of the training steps in [0, 1]",
+    "trainer.base_dtype=fp8": "trainer.base_dtype='fp8': null (fp32) or bf16",
     "final_eval.split=dev": "final_eval.split='dev': one of train, valid, test",
     "lora.rank=0": "lora.rank must be a positive integer",
     "lora.dropout=1.0": "lora.dropout must be in [0, 1)",

@@ -18,7 +18,7 @@ from sam3_lora import describe as describe_cmd
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
 from sam3_lora import predict as predict_cmd
-from sam3_lora.lora import AdapterError, load_adapter
+from sam3_lora.lora import AdapterError, load_adapter, lora_modules
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
 from sam3_lora.runs.tuned import RunDirError, load_tuned
@@ -85,6 +85,18 @@ def test_merged_export_loads_through_sam3_loader_with_same_predictions(trained_r
     assert all(k.startswith("detector.") for k in ckpt["model"])
     with pytest.raises(export_cmd.ExportError, match="exists"):  # never overwritten silently
         export_cmd.export(compose_command("export", run_dir=trained_run, output=out))
+
+
+def test_merged_inference_gives_the_unmerged_predictions(trained_run):
+    def tuned(merge):
+        return load_tuned(OmegaConf.create({"run_dir": str(trained_run), "adapter": None, "merge": merge}))
+
+    merged, unmerged = tuned(True), tuned(False)
+    assert all(m.merged for _, m in lora_modules(merged.model)) and not any(
+        m.merged for _, m in lora_modules(unmerged.model)
+    )
+    batch = make_batch(112, 2, seed=11)
+    _assert_same_predictions(_outputs(merged.model, batch), _outputs(unmerged.model, batch))
 
 
 def test_peft_export_reproduces_outputs_with_peft(linear_only_run, tmp_path):

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 PRESETS = ("minimal", "balanced", "full")
+ALL_LEVERS = "LoRA balanced + text cache + bf16 base + compiled ViT"
+RESULTS_DIR = Path(__file__).resolve().parent / "bench_results"
 # Targets PEFT can hold exactly like ours: every nn.Linear update of the balanced preset
 # (PEFT's nn.MultiheadAttention support is experimental; see sam3_lora/lora/peft_format.py).
 LINEAR_BALANCED = {"targets": ["all"], "parts": ["vision"], "rank": 8, "alpha": 16.0}
@@ -104,10 +106,19 @@ class PeakMemory:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
+            self.total = torch.cuda.max_memory_allocated()
+            self.peak = self.total - self.base
         else:
             self._stop.set()
             self.thread.join()
+            self.total = self.base + self.peak
+
+
+def _autocast(device):
+    """bf16 on CUDA (the trainer's amp=auto); fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def _sync(device):
@@ -130,13 +141,12 @@ def train_setup(spec: dict) -> dict:
         _inject_peft(model, spec["lora"], spec.get("equal_capacity", False))
     trunk = model.backbone.vision_backbone.trunk
     trunk.use_act_checkpoint = spec.get("act_ckpt", False)
+    apply_levers(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
     data = batches(model, toy_split(Path(spec["data"])), spec["batch"], spec["warmup"] + spec["steps"])
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
+    amp = _autocast(device)
     from sam3.model.utils.misc import copy_data_to_device
 
     times = []
@@ -158,8 +168,26 @@ def train_setup(spec: dict) -> dict:
         "step_s": step,
         "images_per_s": spec["batch"] / step,
         "peak_mem_mb": mem.peak / 2**20,
+        "peak_total_mb": mem.total / 2**20,  # the model's own weights included
         "trainable": count_trainable(model),
     }
+
+
+LEVERS = ("text_cache", "bf16_base", "compile")
+
+
+def apply_levers(model, spec: dict) -> None:
+    """The speed levers the trainer applies (trainer.text_cache / base_dtype / compile)."""
+    from sam3_lora.speed.compiled_blocks import compile_vit_blocks
+    from sam3_lora.speed.frozen_precision import hold_frozen_weights_in
+    from sam3_lora.speed.text_cache import install_text_cache
+
+    if spec.get("text_cache"):
+        install_text_cache(model)
+    if spec.get("bf16_base"):
+        hold_frozen_weights_in(model, torch.bfloat16)
+    if spec.get("compile"):
+        compile_vit_blocks(model)
 
 
 def _config(d: dict):
@@ -207,8 +235,10 @@ def inference(model_name: str, device, batch_size: int, warmup: int, steps: int,
     from sam3.model.utils.misc import copy_data_to_device
 
     from sam3_lora.lora import LoraDelta, inject_lora, merge_lora, unmerge_lora
+    from sam3_lora.speed.text_cache import install_text_cache
 
-    base = build(model_name).to(device).eval()
+    base = build(model_name).to(device).eval().requires_grad_(False)
+    install_text_cache(base)  # as evaluate and predict run (a frozen model encodes each prompt once)
     lora = copy.deepcopy(base)
     inject_lora(lora, lora_config("balanced"))
     g = torch.Generator().manual_seed(0)
@@ -220,10 +250,12 @@ def inference(model_name: str, device, batch_size: int, warmup: int, steps: int,
     data = batches(base, toy_split(data_root), batch_size, 1)
     batch = copy_data_to_device(data[0], device) if device.type == "cuda" else data[0]
 
+    amp = _autocast(device)
+
     def once(model) -> float:
         _sync(device)
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             model(batch)
         _sync(device)
         return time.perf_counter() - t
@@ -263,6 +295,9 @@ def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_roo
 def _child(spec: dict) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
+        if spec.get("may_fail"):
+            oom = "out of memory" in out.stderr.lower()
+            return {"failed": "out of memory" if oom else out.stderr.strip().splitlines()[-1][:200]}
         raise RuntimeError(f"setup {spec['name']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -293,7 +328,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the trainer's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=str(Path.home() / ".cache" / "sam3_lora" / "bench_toy"))
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument(
+        "--best-batch",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run LoRA balanced with every lever at these batch sizes (an out-of-memory batch is reported)",
+    )
+    ap.add_argument(
+        "--json", default=None, help="write the results here; 'auto': tools/bench_results/<device>_<model>.json"
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -320,9 +364,26 @@ def main() -> None:
         {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
         {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED},
     ]
+    # The speed levers, one added at a time (bf16 base and compilation where they apply: bf16
+    # autocast on CUDA; inductor compiles for minutes on a CPU)
+    balanced = {"kind": "lora", "preset": "balanced"}
+    setups += [{"name": "LoRA balanced + text cache", **balanced, "text_cache": True}]
+    all_levers = {**balanced, "text_cache": True}
+    if device.type == "cuda":
+        setups += [
+            {"name": "LoRA balanced + text cache + bf16 base", **balanced, "text_cache": True, "bf16_base": True}
+        ]
+        all_levers = {**balanced, "text_cache": True, "bf16_base": True, "compile": True}
+        setups += [{"name": ALL_LEVERS, **all_levers}]
+        setups += [{"name": f"{ALL_LEVERS} + ViT act. ckpt, batch 1", **all_levers, "act_ckpt": True, "batch": 1}]
+    setups += [
+        {"name": f"LoRA balanced + levers, batch {b}", **all_levers, "batch": b, "may_fail": True}
+        for b in args.best_batch
+    ]
     toy_split(Path(args.data))  # generate once, before the children
     results = {
         "machine": machine(device),
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
         "model": args.model,
         "batch": args.batch,
         "rounds": args.rounds,
@@ -332,6 +393,11 @@ def main() -> None:
     for round_ in range(args.rounds):
         for s in setups:
             r = _child({**common, **s})
+            if "failed" in r:
+                results["train"].setdefault(s["name"], {**r, "batch": s["batch"]})
+                print(f"  round {round_ + 1} {s['name']}: {r['failed']}", file=sys.stderr)
+                continue
+            r["batch"] = s.get("batch", args.batch)
             best = results["train"].get(s["name"])
             if best is None or r["step_s"] < best["step_s"]:
                 results["train"][s["name"]] = {**r, "peak_mem_mb": max(r["peak_mem_mb"], (best or r)["peak_mem_mb"])}
@@ -344,7 +410,17 @@ def main() -> None:
     results["data_workers"] = workers
     print(report(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        out = Path(args.json) if args.json != "auto" else RESULTS_DIR / f"{device_slug(device)}_{args.model}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(f"written: {out}", file=sys.stderr)
+
+
+def device_slug(device) -> str:
+    """``nvidia_h100_80gb_hbm3`` from the GPU's name; ``cpu`` on a CPU."""
+    if device.type != "cuda":
+        return "cpu"
+    return "".join(c if c.isalnum() else "_" for c in torch.cuda.get_device_name().lower()).strip("_")
 
 
 def report(r: dict) -> str:
@@ -358,6 +434,9 @@ def report(r: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, x in t.items():
+        if "failed" in x:
+            lines.append(f"| {name} | | {x['failed']} | | | | |")
+            continue
         lines.append(
             f"| {name} | {x['trainable']:,} | {x['step_s'] * 1000:.0f} ms | {x['step_s'] / full['step_s']:.2f}x "
             f"| {x['images_per_s']:.1f} | {x['peak_mem_mb']:.0f} MB | {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x |"
@@ -383,7 +462,34 @@ def report(r: dict) -> str:
         f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced training "
         f"{lora_rate:.1f} images/s: **{r['data_images_per_s'] / lora_rate:.1f}x** (target >= 3)",
     ]
+    lines += lever_summary(r)
     return "\n".join(lines)
+
+
+def lever_summary(r: dict) -> list:
+    """The GPU targets: where the speed levers bring LoRA balanced."""
+    t, i = r["train"], r["inference"]
+    ran = {n: x for n, x in t.items() if "failed" not in x and n.startswith("LoRA balanced")}
+    best_name, best = max(ran.items(), key=lambda kv: kv[1]["images_per_s"])
+    full = t["full fine-tuning"]
+    lines = [
+        f"- best LoRA balanced throughput: **{best['images_per_s']:.1f} images/s** ({best_name}, batch "
+        f"{best.get('batch', r['batch'])}; GPU target >= 15)",
+        f"- merged inference: **{i['merged_s'] / r['batch'] * 1000:.0f} ms per image** at batch {r['batch']} "
+        f"(GPU target <= 40 at batch 1); unmerged / merged **{i['unmerged_s'] / i['merged_s']:.2f}x** (target <= 1.05)",
+    ]
+    if ALL_LEVERS in t and "failed" not in t[ALL_LEVERS]:
+        x = t[ALL_LEVERS]
+        lines.append(
+            f"- with every lever: step / full fine-tuning **{x['step_s'] / full['step_s']:.2f}x** (target <= 0.70), "
+            f"peak memory {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x (target <= 0.6)"
+        )
+    small = t.get(f"{ALL_LEVERS} + ViT act. ckpt, batch 1")
+    if small and "failed" not in small:
+        lines.append(
+            f"- batch 1 with ViT act. ckpt: **{small['peak_total_mb'] / 1024:.1f} GB** peak in all (target <= 6)"
+        )
+    return lines
 
 
 if __name__ == "__main__":

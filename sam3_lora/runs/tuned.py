@@ -2,7 +2,9 @@
 
 ``run_dir`` brings the run's own model and dataset config (``.hydra/config.yaml``) and its
 best adapter; without it, the ``model`` / ``dataset`` config and ``adapter`` path given on
-the command line are used. ``base=true`` leaves the adapter out (the frozen base).
+the command line are used. ``base=true`` leaves the adapter out (the frozen base);
+``merge=true`` folds the adapter into the weights (outputs equal up to rounding, no per-layer
+LoRA cost). The model is frozen and its text encoder cached: it is for use, not training.
 
 A run directory is a file anyone could have edited or sent: its model config is built only
 when every ``_target_`` in it is one of this package's model builders (those of the ``model``
@@ -25,8 +27,9 @@ from yaml import YAMLError
 from sam3_lora.core.conf import model_builders
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
-from sam3_lora.lora import AdapterInfo, load_adapter
+from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora
 from sam3_lora.runs import layout
+from sam3_lora.speed.text_cache import install_text_cache
 
 
 class RunDirError(UserError, ValueError):
@@ -132,6 +135,11 @@ def load_tuned(cfg: DictConfig) -> Tuned:
     if not isinstance(model, nn.Module):
         raise RunDirError(f"model config {model_cfg.get('name')!r} built a {type(model).__name__}, not a model")
     info = load_adapter(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
+    if info is not None and cfg.get("merge"):
+        merge_lora(model)  # the updates folded into the weights: inference at the base model's cost
+    # For use, not training: no weight changes, so each prompt is encoded once.
+    model.requires_grad_(False)
+    install_text_cache(model)
     return Tuned(model.eval(), model_cfg, dataset, adapter, info)
 
 

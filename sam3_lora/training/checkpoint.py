@@ -51,6 +51,8 @@ RESUMABLE_CHANGES = (
     "trainer.auto_resume",
     "trainer.num_workers",
     "trainer.log_every",
+    "trainer.text_cache",  # speed levers that leave the numbers as they are
+    "trainer.compile",
     "logger",
     "model.cache_dir",
 )
@@ -264,6 +266,8 @@ def setting_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tupl
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing and b is None:  # a setting newer than the checkpoint, left off
+            continue
         if a != b and not allowed(key):
             changes.append((key, "(absent)" if a is missing else a, "(absent)" if b is missing else b))
     return changes

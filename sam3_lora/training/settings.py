@@ -68,7 +68,11 @@ def _check_trainer(t: DictConfig, p: _Problems) -> None:
         p.add("clip_grad", t.clip_grad, "a positive max gradient norm (upstream: 0.1) or null to disable")
     p.choice(t, "amp", AMP_CHOICES)
     p.choice(t, "best_metric", BEST_METRICS)
-    for key in ("activation_checkpointing", "auto_resume", "deterministic"):
+    if t.get("base_dtype") not in (None, "bf16"):
+        p.add("base_dtype", t.get("base_dtype"), "null (fp32) or bf16")
+    elif t.get("base_dtype") == "bf16" and t.get("amp") in ("off", "fp16"):
+        p.add("base_dtype", "bf16", "bf16 needs trainer.amp=bf16 or auto (bf16 on CUDA)")
+    for key in ("activation_checkpointing", "text_cache", "compile", "auto_resume", "deterministic"):
         if not isinstance(t.get(key), bool):
             p.add(key, t.get(key), "true or false")
     try:
