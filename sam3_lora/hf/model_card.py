@@ -235,7 +235,7 @@ def left_out_notes(left_out: Mapping[str, str]) -> List[str]:
     """Card lines naming what a conversion left out (see sam3_lora.hf.keymap.summarise)."""
     from sam3_lora.hf.keymap import summarise
 
-    return [f"Left out (no counterpart in transformers' Sam3Model) — {line}" for line in summarise(left_out)]
+    return [f"Left out of this export (no counterpart in its format) — {line}" for line in summarise(left_out)]
 
 
 def run_card(run_dir) -> ModelCard:
@@ -344,7 +344,7 @@ def export_card(
     fmt: str,
     facts: RunFacts,
     output_name: str,
-    left_out: Mapping[str, str] = (),
+    left_out: Optional[Mapping[str, str]] = None,
     base_only: bool = False,
     base_ref: Optional[str] = None,
     pushed_to: Optional[str] = None,
@@ -362,7 +362,7 @@ def export_card(
         else ("LoRA-tuned model" if fmt in ("merged", "transformers") else "LoRA adapter")
     )
     notes = list(TRANSFORMERS_NOTES) if fmt.startswith("transformers") else []
-    notes += left_out_notes(left_out)
+    notes += left_out_notes(left_out or {})
     if pushed_to:
         notes.append(f"Uploaded to {pushed_to} by `python -m sam3_lora.export push_to_hub=...`.")
     return ModelCard(

@@ -31,10 +31,8 @@ from sam3_lora.hf.config import sam3_config
 from sam3_lora.hf.transformers_model import SAFETENSORS_METADATA, empty_sam3_model, own_storage
 from sam3_lora.lora.inject import lora_modules, stock_name
 from sam3_lora.lora.layers import QKV, LoraDelta, LoraLinear
+from sam3_lora.lora.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, peft_lora_config
 from sam3_lora.models.sizes import SAM3Size
-
-PEFT_PREFIX = "base_model.model."
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 class TransformersPeftError(UserError, ValueError):
@@ -141,22 +139,9 @@ def transformers_peft_adapter(
         tensors[f"{PEFT_PREFIX}{name}"] = own_storage(tensor)
     if not targets and not modules_to_save:
         raise TransformersPeftError("the adapter holds no LoRA update and no modules_to_save: nothing to export")
-    config = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "r": cfg.rank,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "use_rslora": cfg.use_rslora,
-        "bias": "none",
-        "target_modules": targets,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "init_lora_weights": True,
-        "fan_in_fan_out": False,
-        "modules_to_save": modules_to_save or None,
-        "base_model_name_or_path": base_model_name_or_path,
-    }
+    config = peft_lora_config(
+        cfg, targets, modules_to_save=modules_to_save, base_model_name_or_path=base_model_name_or_path
+    )
     return config, tensors, converted.left_out
 
 

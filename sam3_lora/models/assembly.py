@@ -282,7 +282,7 @@ def measure_size(model: nn.Module) -> SAM3Size:
         decoder_layers=len(decoder.layers),
         geometry_layers=len(model.geometry_encoder.encode),
         num_queries=decoder.num_queries,
-        drop_path_rate=float(drop_path),
+        drop_path_rate=round(float(drop_path), 6),  # sam3 spaces rates with float32 linspace
         dropout=float(encoder_layers[0].dropout_value),
     )
 
