@@ -333,7 +333,7 @@ def test_export_cards_say_how_to_load_and_what_was_left_out(exports, lora_run):
         text = (exports / name / "README.md").read_text()
         meta = yaml.safe_load(text.split("---")[1])
         assert meta["library_name"] == library and meta["license"] == "other" and meta["datasets"] == ["toy"]
-        assert "padding box" in text and "input_boxes_labels=[[-10]]" in text
+        assert "padding box" in text and "input_boxes_labels=torch.tensor([[-10]])" in text
         assert "point-prompt encoder" in text or name == "peft"
     assert "frozen base model" in (exports / "base" / "README.md").read_text()
     assert "PeftModel.from_pretrained(base" in (exports / "peft" / "README.md").read_text()

@@ -222,6 +222,7 @@ def _fill(pattern: str, fields: Mapping[str, str]) -> str:
 _SAM3_REGEX = [(rule, _regex(rule.sam3)) for rule in RULES]
 _HF_REGEX = [(rule, _regex(rule.transformers)) for rule in RULES]
 _SAM3_ONLY_REGEX = [(_regex(pattern), reason) for pattern, reason in SAM3_ONLY]
+_DERIVED_REGEX = _regex(DERIVED)
 
 
 def _only_match(name: str, table) -> Optional[Tuple[Rule, Dict[str, str]]]:
@@ -233,7 +234,7 @@ def _only_match(name: str, table) -> Optional[Tuple[Rule, Dict[str, str]]]:
 
 def is_derived(name: str) -> bool:
     """A sam3 buffer computed from the architecture (no weights to carry)."""
-    return _regex(DERIVED).match(name) is not None
+    return _DERIVED_REGEX.match(name) is not None
 
 
 def sam3_only_reason(name: str) -> Optional[str]:

@@ -67,6 +67,11 @@ class DatasetFacts:
     def from_dict(cls, d: Optional[dict]) -> Optional["DatasetFacts"]:
         return cls(**d) if d else None
 
+    @property
+    def label(self) -> str:
+        """The name a card gives it: ``dataset=coco`` is the option for any COCO folder, so its folder names it."""
+        return (Path(self.root).name or self.name) if self.name == "coco" else self.name
+
 
 @dataclass
 class RunFacts:
@@ -161,7 +166,7 @@ class ModelCard:
         meta.update(LICENSE)
         meta["pipeline_tag"] = PIPELINE_TAG
         if self.facts.dataset:
-            meta["datasets"] = [self.facts.dataset.name]
+            meta["datasets"] = [self.facts.dataset.label]
         return meta
 
     def render(self) -> str:
@@ -193,7 +198,12 @@ class ModelCard:
 def _dataset_lines(d: Optional[DatasetFacts]) -> List[str]:
     if d is None:
         return ["Not recorded (exported from an adapter file without its training run)."]
-    lines = [f"`{d.name}` at `{d.root}`", "", "| split | images | annotations |", "|---|---|---|"]
+    lines = [
+        f"`{d.label}` (`dataset={d.name}`, at `{d.root}`)",
+        "",
+        "| split | images | annotations |",
+        "|---|---|---|",
+    ]
     lines += [f"| {s} | {n['images']} | {n['annotations']} |" for s, n in d.splits.items()]
     lines += ["", f"Categories ({len(d.categories)}): {', '.join(d.categories)}"]
     return lines
@@ -246,7 +256,7 @@ def run_card(run_dir) -> ModelCard:
         title=f"SAM3 {tuned} ({Path(run_dir).name})",
         library_name="sam3_lora",
         facts=facts,
-        summary=f"A sam3_lora training run: SAM3 adapted to `{facts.dataset.name if facts.dataset else 'a dataset'}` "
+        summary=f"A sam3_lora training run: SAM3 adapted to `{facts.dataset.label if facts.dataset else 'a dataset'}` "
         f"with {'LoRA' if facts.lora else 'full fine-tuning'}.",
         usage=RUN_USAGE,
         files=[
@@ -332,7 +342,7 @@ TRANSFORMERS_NOTES = [
     "Text-only prompts: sam3 always runs its geometry encoder, so a text prompt carries one more token (the "
     "geometry encoder's CLS token); transformers' Sam3Model skips the geometry encoder when no box is given. "
     "To get sam3's (and this model's training-time) behaviour, pass one padding box: "
-    "`input_boxes=[[[0.5, 0.5, 1.0, 1.0]]], input_boxes_labels=[[-10]]`.",
+    "`input_boxes=torch.tensor([[[0.5, 0.5, 1.0, 1.0]]]), input_boxes_labels=torch.tensor([[-10]])`.",
     "Presence logits: transformers clamps them to [-10, 10]; sam3 0.1.4 computes the same clamp but discards "
     "it (decoder.py), so its presence logits beyond ±10 are unclamped (scores differ by < 5e-5 there).",
     "transformers' default ViT `layer_norm_eps` is 1e-6; sam3's ViT uses 1e-5, which this config.json sets. "
@@ -346,7 +356,6 @@ def export_card(
     output_name: str,
     left_out: Optional[Mapping[str, str]] = None,
     base_only: bool = False,
-    base_ref: Optional[str] = None,
     pushed_to: Optional[str] = None,
 ) -> ModelCard:
     """The card an export writes beside (or into) its output."""
@@ -355,7 +364,10 @@ def export_card(
         facts = replace(facts, lora=None, metrics={}, trainable_parameters=None)
     lora = facts.lora
     saved = f", modules_to_save: {', '.join(lora.modules_to_save)}" if lora and lora.modules_to_save else ""
-    base = base_ref or hub_base_model(facts) or "<the base exported with format=transformers base=true>"
+    if fmt == "peft":  # PEFT on sam3's own modules: the sam3 model training used
+        base = base_description(facts)
+    else:
+        base = hub_base_model(facts) or "<the base exported with format=transformers base=true>"
     what = (
         "frozen base model"
         if base_only
