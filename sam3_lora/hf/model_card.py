@@ -156,6 +156,7 @@ class ModelCard:
     files: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     extra_tags: List[str] = field(default_factory=list)
+    base_only: bool = False  # the frozen base itself: no LoRA, no tuned scores
 
     def front_matter(self) -> dict:
         meta = {"library_name": self.library_name}
@@ -174,7 +175,12 @@ class ModelCard:
         lines = ["---", yaml.safe_dump(self.front_matter(), sort_keys=False).strip(), "---", "", f"# {self.title}", ""]
         lines += [self.summary, "", "## Base model", "", base_description(f), ""]
         lines += ["## Dataset", "", *_dataset_lines(f.dataset), ""]
-        lines += ["## LoRA", "", *_lora_lines(f.lora, f.trainable_parameters), ""]
+        lora = (
+            ["None: this is the frozen base model the run adapted."]
+            if self.base_only
+            else _lora_lines(f.lora, f.trainable_parameters)
+        )
+        lines += ["## LoRA", "", *lora, ""]
         lines += ["## Results", "", *_metric_lines(f.metrics, f.heldout_split), ""]
         lines += ["## Reproduce", ""]
         lines += (
@@ -361,7 +367,8 @@ def export_card(
     """The card an export writes beside (or into) its output."""
     library_name, tags, usage = EXPORT_FORMATS[fmt]
     if base_only:
-        facts = replace(facts, lora=None, metrics={}, trainable_parameters=None)
+        base_scores = {k: v for k, v in facts.metrics.items() if k == "base"}
+        facts = replace(facts, lora=None, metrics=base_scores, trainable_parameters=None)
     lora = facts.lora
     saved = f", modules_to_save: {', '.join(lora.modules_to_save)}" if lora and lora.modules_to_save else ""
     if fmt == "peft":  # PEFT on sam3's own modules: the sam3 model training used
@@ -386,4 +393,5 @@ def export_card(
         usage=usage.format(output=output_name, base=base, modules_to_save=saved),
         notes=notes,
         extra_tags=tags,
+        base_only=base_only,
     )
