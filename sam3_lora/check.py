@@ -70,9 +70,11 @@ def _checkpoint(cfg) -> Check:
     if cfg.model.load_from_hub:
         return "base checkpoint", True, "downloaded from the hub at start (needs network and a licence)"
     try:
-        path = resolve_checkpoint(cfg.model.checkpoint_path, False)
-        size = Path(path).stat().st_size / 1e9
-        return "base checkpoint", True, f"{path} ({size:.1f} GB)"
+        path = Path(resolve_checkpoint(cfg.model.checkpoint_path, False))
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        size = sum(f.stat().st_size for f in files if f.is_file()) / 1e9
+        kind = "transformers SAM3 folder, converted on load" if path.is_dir() else "file"
+        return "base checkpoint", True, f"{path} ({kind}, {size:.1f} GB)"
     except BaseCheckpointError as e:
         return "base checkpoint", False, str(e)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -29,6 +29,7 @@ from sam3_lora.data.coco import build_dataset, build_loader
 from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
 from sam3_lora.evaluation.coco import Evaluator
+from sam3_lora.hf.model_card import DatasetFacts, run_card
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
 from sam3_lora.models.base_checkpoint import BaseCheckpointError, resolve_checkpoint
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
@@ -223,6 +224,7 @@ def _run(
         if best.is_file():
             ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
         results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
+    ann_files = {name: split.ann_file for name, split in vars(splits).items() if split is not None}
     summary = {
         "heldout_split": heldout_name,
         "results": results,
@@ -233,8 +235,10 @@ def _run(
         "peak_memory_gb": fit["peak_memory_gb"],
         "world_size": info.world_size,
         "overrides": run_name,
+        "dataset": asdict(DatasetFacts.from_annotations(cfg.dataset.name, cfg.dataset.root, ann_files)),
     }
     (run_dir / layout.RESULTS).write_text(json.dumps(summary, indent=1))
+    run_card(run_dir).write(run_dir / layout.MODEL_CARD)
     hparams = {
         "lora": config_dict.get("lora") or {},
         "lr": cfg.optimizer.lr,
@@ -260,6 +264,7 @@ def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Pat
         f"(last: {layout.weights_file('last', lora)})",
         f"  checkpoints: {run_dir / layout.CHECKPOINT_DIR}  log: {run_dir / layout.TRAINING_LOG}",
         f"  metrics: {run_dir / layout.RESULTS}  tensorboard: tensorboard --logdir {run_dir}",
+        f"  model card: {run_dir / layout.MODEL_CARD}",
     ]
     return "\n".join(lines)
 

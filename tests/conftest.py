@@ -73,6 +73,7 @@ def train_in_process(overrides, run_dir):
     cfg = compose_train(overrides)
     (Path(run_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, Path(run_dir) / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), Path(run_dir) / ".hydra" / "overrides.yaml")
     return run(cfg, Path(run_dir))
 
 

@@ -59,3 +59,20 @@ def test_sam3_pt_layout_loads_through_sam3_loader(tmp_path, tiny_base_state):
 def test_adapter_passed_as_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="adapter=path"):
         load_base_checkpoint(build_model("tiny"), str(tmp_path / "adapter.safetensors"))
+
+
+def test_key_map_covers_the_full_architecture(full_sam3):
+    """Every tensor of the 840M model has its transformers counterpart (or is named as having none), and the
+    converted set is exactly Sam3Model's for the Sam3Config built from the stock size."""
+    pytest.importorskip("transformers")
+    from sam3_lora.hf import keymap
+    from sam3_lora.hf.config import sam3_config
+    from sam3_lora.hf.transformers_model import check_against, empty_sam3_model
+    from sam3_lora.models import SIZES
+    from sam3_lora.models.assembly import measure_size
+
+    assert measure_size(full_sam3) == SIZES["full"]
+    state = {k: v.to("meta") for k, v in full_sam3.state_dict().items()}
+    converted = keymap.to_transformers(state)
+    check_against(empty_sam3_model(sam3_config(SIZES["full"])), converted.tensors)
+    assert len(converted.left_out) == 32 + 6 + 1  # RoPE buffers of 32 blocks, point encoder, class-token row

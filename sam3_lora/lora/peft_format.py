@@ -15,16 +15,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import lora_modules
 from sam3_lora.lora.layers import LoraLinear
 
 PEFT_PREFIX = "base_model.model."
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's file names
 
 
 class PeftExportError(UserError, ValueError):
@@ -40,6 +42,33 @@ def _packed(layer: LoraLinear) -> Tuple[torch.Tensor, torch.Tensor, int, float]:
     for i, (name, (start, stop)) in enumerate(layer.slices.items()):
         B[start:stop, i * r : (i + 1) * r] = layer.lora[name].lora_B.detach()
     return A.contiguous(), B.contiguous(), r * len(deltas), scale
+
+
+def peft_lora_config(
+    cfg: LoraConfig,
+    target_modules: List[str],
+    rank_pattern: Optional[Dict[str, int]] = None,
+    alpha_pattern: Optional[Dict[str, float]] = None,
+    modules_to_save: Optional[List[str]] = None,
+    base_model_name_or_path: Optional[str] = None,
+) -> dict:
+    """PEFT's ``adapter_config.json`` for a LoRA config of ours on the named modules (full names)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.use_rslora,
+        "bias": "none",
+        "target_modules": target_modules,
+        "rank_pattern": rank_pattern or {},
+        "alpha_pattern": alpha_pattern or {},
+        "init_lora_weights": True,
+        "fan_in_fan_out": False,
+        "modules_to_save": modules_to_save or None,
+        "base_model_name_or_path": base_model_name_or_path,
+    }
 
 
 def peft_adapter(model: nn.Module, allow_partial: bool = False) -> Tuple[dict, Dict[str, torch.Tensor], List[str]]:
@@ -69,22 +98,7 @@ def peft_adapter(model: nn.Module, allow_partial: bool = False) -> Tuple[dict, D
             alpha_pattern[name] = scale * (math.sqrt(rank) if cfg.use_rslora else rank)
     if not targets:
         raise PeftExportError("no nn.Linear LoRA updates to export: every target is an attention module")
-    config = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "r": cfg.rank,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "use_rslora": cfg.use_rslora,
-        "bias": "none",
-        "target_modules": targets,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-        "init_lora_weights": True,
-        "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "base_model_name_or_path": None,
-    }
+    config = peft_lora_config(cfg, targets, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     return config, tensors, left_out
 
 
@@ -95,6 +109,6 @@ def save_peft_adapter(model: nn.Module, out_dir, allow_partial: bool = False) ->
     config, tensors, left_out = peft_adapter(model, allow_partial)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=1))
-    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
+    save_file(tensors, str(out_dir / ADAPTER_WEIGHTS))
     return left_out

@@ -246,3 +246,44 @@ def init_text_encoder(model: nn.Module) -> None:
         nn.init.normal_(encoder.positional_embedding, std=0.01)
         if getattr(encoder, "text_projection", None) is not None:
             nn.init.normal_(encoder.text_projection, std=encoder.width**-0.5)
+
+
+def measure_size(model: nn.Module) -> SAM3Size:
+    """The ``SAM3Size`` a built SAM3 image model has, read off its modules (any builder: stock,
+    sized, toy-pretrained), so exports describe the architecture that is really there."""
+    trunk = model.backbone.vision_backbone.trunk
+    blocks = list(trunk.blocks)
+    patch = trunk.patch_embed.proj.kernel_size[0]
+    vit_dim = trunk.patch_embed.proj.out_channels
+    pretrain_patches = trunk.pos_embed.shape[1] - 1  # sam3's table has a class-token row first
+    text = model.backbone.language_backbone.encoder
+    encoder_layers = model.transformer.encoder.layers
+    decoder = model.transformer.decoder
+    drop_path = getattr(blocks[-1].drop_path, "drop_prob", 0.0)
+    return SAM3Size(
+        img_size=int(model.image_size),
+        pretrain_img_size=int(round(pretrain_patches**0.5)) * patch,
+        patch_size=patch,
+        vit_dim=vit_dim,
+        vit_depth=len(blocks),
+        vit_heads=blocks[0].attn.num_heads,
+        vit_mlp_ratio=_out_features(blocks[0].mlp.fc1) / vit_dim,
+        window_size=max(b.window_size for b in blocks),
+        global_att_blocks=tuple(i for i, b in enumerate(blocks) if b.window_size == 0),
+        text_width=text.width,
+        text_heads=text.transformer.resblocks[0].attn.num_heads,
+        text_layers=len(text.transformer.resblocks),
+        d_model=model.transformer.d_model,
+        heads=encoder_layers[0].self_attn.num_heads,
+        dim_feedforward=_out_features(encoder_layers[0].linear1),
+        encoder_layers=len(encoder_layers),
+        decoder_layers=len(decoder.layers),
+        geometry_layers=len(model.geometry_encoder.encode),
+        num_queries=decoder.num_queries,
+        drop_path_rate=round(float(drop_path), 6),  # sam3 spaces rates with float32 linspace
+        dropout=float(encoder_layers[0].dropout_value),
+    )
+
+
+def _out_features(linear: nn.Module) -> int:
+    return getattr(linear, "base_layer", linear).out_features  # a LoRA-wrapped Linear keeps its own as base_layer

@@ -70,7 +70,7 @@ def build_model(
         raise ValueError(f"unknown model '{name}'; choose one of: sam3, {', '.join(SIZES)}")
     model = build_sam3_sized(dataclasses.replace(SIZES[name], **(overrides or {})), **kwargs)
     if checkpoint_path:
-        if not Path(checkpoint_path).is_file():
+        if not Path(checkpoint_path).exists():
             raise BaseCheckpointError(f"checkpoint for model '{name}' not found at '{checkpoint_path}'")
-        load_base_checkpoint(model, checkpoint_path)
+        load_base_checkpoint(model, resolve_checkpoint(checkpoint_path, load_from_hub=False))
     return model

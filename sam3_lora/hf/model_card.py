@@ -1,0 +1,397 @@
+"""Model cards: the ``README.md`` the Hugging Face Hub shows, for a training run and for every export.
+
+YAML front matter (library_name, base_model, tags, license, pipeline_tag, datasets), then the base
+model, the dataset (name, images, categories), the LoRA config, base vs tuned metrics on the
+held-out split, the command that reproduces the run, how to load the files, and notes (what a
+conversion left out, known differences). A run's facts come from the files training leaves in its
+run directory (``results.json``, ``.hydra/``), so an export made later writes the same facts.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import yaml
+
+from sam3_lora.lora.config import LoraConfig
+from sam3_lora.runs import layout
+
+STOCK_BASE = "facebook/sam3"  # the Hub id of the base sam3.pt (model=sam3)
+# SAM3's weights are released under Meta's SAM License; a fine-tune inherits it.
+LICENSE = {
+    "license": "other",
+    "license_name": "sam-license",
+    "license_link": "https://github.com/facebookresearch/sam3/blob/main/LICENSE",
+}
+PIPELINE_TAG = "image-segmentation"
+TAGS = ["sam3", "sam3_lora", "lora", "image-segmentation", "instance-segmentation", "promptable-concept-segmentation"]
+# The figures of the metrics table, in this order (keys of sam3_lora.evaluation.coco's results).
+METRICS = (
+    ("bbox/AP", "bbox AP"),
+    ("bbox/AP50", "bbox AP50"),
+    ("bbox/AP75", "bbox AP75"),
+    ("segm/AP", "segm AP"),
+    ("segm/AP50", "segm AP50"),
+    ("segm/AP75", "segm AP75"),
+)
+
+
+@dataclass
+class DatasetFacts:
+    """A training set as a card shows it: name, where it was, images and annotations per split, categories."""
+
+    name: str
+    root: str
+    splits: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    categories: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_annotations(cls, name: str, root: str, ann_files: Mapping[str, str]) -> "DatasetFacts":
+        facts = cls(name=str(name), root=str(root))
+        for split, ann_file in ann_files.items():
+            coco = json.loads(Path(ann_file).read_text())
+            facts.splits[split] = {
+                "images": len(coco.get("images", [])),
+                "annotations": len(coco.get("annotations", [])),
+            }
+            for category in coco.get("categories", []):
+                if category.get("name") not in facts.categories:
+                    facts.categories.append(category.get("name"))
+        return facts
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["DatasetFacts"]:
+        return cls(**d) if d else None
+
+    @property
+    def label(self) -> str:
+        """The name a card gives it: ``dataset=coco`` is the option for any COCO folder, so its folder names it."""
+        return (Path(self.root).name or self.name) if self.name == "coco" else self.name
+
+
+@dataclass
+class RunFacts:
+    """What a finished training run records about itself (read back from its run directory)."""
+
+    run_dir: Optional[Path] = None
+    model_name: Optional[str] = None
+    model_option: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+    seed: Optional[int] = None
+    lora: Optional[LoraConfig] = None
+    trainable_parameters: Optional[int] = None
+    dataset: Optional[DatasetFacts] = None
+    metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    heldout_split: Optional[str] = None
+    command: Optional[str] = None
+
+    @classmethod
+    def read(cls, run_dir) -> "RunFacts":
+        from omegaconf import OmegaConf
+
+        from sam3_lora.models.builders import model_option
+
+        run_dir = Path(run_dir)
+        facts = cls(run_dir=run_dir)
+        config_path = layout.hydra_config(run_dir)
+        if config_path.is_file():
+            loaded = OmegaConf.load(config_path)
+            try:
+                cfg = OmegaConf.to_container(loaded, resolve=True)
+            except Exception:  # noqa: BLE001 - an environment-dependent interpolation: keep it as written
+                cfg = OmegaConf.to_container(loaded, resolve=False)
+            model = cfg.get("model") or {}
+            facts.model_name = model.get("name")
+            facts.model_option = model_option(facts.model_name) if facts.model_name else None
+            checkpoint = model.get("checkpoint_path")
+            facts.checkpoint_path = checkpoint if isinstance(checkpoint, str) and "${" not in checkpoint else None
+            facts.seed = cfg.get("seed")
+            if cfg.get("lora"):
+                lora = {k: v for k, v in cfg["lora"].items() if k != "_target_"}
+                facts.lora = LoraConfig.from_dict(lora)
+        overrides = run_dir / layout.HYDRA_OVERRIDES
+        if overrides.is_file():
+            facts.command = train_command(yaml.safe_load(overrides.read_text()) or [])
+        results = run_dir / layout.RESULTS
+        if results.is_file():
+            r = json.loads(results.read_text())
+            facts.trainable_parameters = r.get("trainable_parameters")
+            facts.heldout_split = r.get("heldout_split")
+            facts.dataset = DatasetFacts.from_dict(r.get("dataset"))
+            found = r.get("results", {})
+            tuned = found.get("lora") or found.get("finetuned")
+            facts.metrics = {k: v for k, v in (("base", found.get("base")), ("tuned", tuned)) if v}
+        return facts
+
+
+def train_command(overrides) -> str:
+    """The command line that reproduces a run from its Hydra overrides."""
+    return " ".join(["python -m sam3_lora.train", *(shlex.quote(str(o)) for o in overrides)])
+
+
+def base_description(facts: RunFacts) -> str:
+    if facts.model_name == "sam3":
+        where = f" (`{facts.checkpoint_path}`)" if facts.checkpoint_path else ""
+        return f"SAM3, the stock 840M image model: [{STOCK_BASE}](https://huggingface.co/{STOCK_BASE}){where}"
+    option = f"`model={facts.model_option}`" if facts.model_option else f"model '{facts.model_name}'"
+    seed = f", seed {facts.seed}" if facts.seed is not None else ""
+    return f"{option}: SAM3's own classes at a small size, built by sam3_lora{seed} (not a Hub model)"
+
+
+def hub_base_model(facts: RunFacts) -> Optional[str]:
+    return STOCK_BASE if facts.model_name == "sam3" else None
+
+
+@dataclass
+class ModelCard:
+    title: str
+    library_name: str
+    facts: RunFacts
+    summary: str
+    usage: str
+    files: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    extra_tags: List[str] = field(default_factory=list)
+    base_only: bool = False  # the frozen base itself: no LoRA, no tuned scores
+
+    def front_matter(self) -> dict:
+        meta = {"library_name": self.library_name}
+        base = hub_base_model(self.facts)
+        if base:
+            meta["base_model"] = base
+        meta["tags"] = [*TAGS, *self.extra_tags]
+        meta.update(LICENSE)
+        meta["pipeline_tag"] = PIPELINE_TAG
+        if self.facts.dataset:
+            meta["datasets"] = [self.facts.dataset.label]
+        return meta
+
+    def render(self) -> str:
+        f = self.facts
+        lines = ["---", yaml.safe_dump(self.front_matter(), sort_keys=False).strip(), "---", "", f"# {self.title}", ""]
+        lines += [self.summary, "", "## Base model", "", base_description(f), ""]
+        lines += ["## Dataset", "", *_dataset_lines(f.dataset), ""]
+        lora = (
+            ["None: this is the frozen base model the run adapted."]
+            if self.base_only
+            else _lora_lines(f.lora, f.trainable_parameters)
+        )
+        lines += ["## LoRA", "", *lora, ""]
+        lines += ["## Results", "", *_metric_lines(f.metrics, f.heldout_split), ""]
+        lines += ["## Reproduce", ""]
+        lines += (
+            ["```bash", f.command, "```"]
+            if f.command
+            else ["The training command was not recorded (no `.hydra/overrides.yaml` in the run directory)."]
+        )
+        lines += ["", "## Use", "", self.usage.strip(), ""]
+        if self.files:
+            lines += ["## Files", "", *(f"- {line}" for line in self.files), ""]
+        if self.notes:
+            lines += ["## Notes", "", *(f"- {line}" for line in self.notes), ""]
+        return "\n".join(lines)
+
+    def write(self, path) -> Path:
+        path = Path(path)
+        path.write_text(self.render())
+        return path
+
+
+def _dataset_lines(d: Optional[DatasetFacts]) -> List[str]:
+    if d is None:
+        return ["Not recorded (exported from an adapter file without its training run)."]
+    lines = [
+        f"`{d.label}` (`dataset={d.name}`, at `{d.root}`)",
+        "",
+        "| split | images | annotations |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {s} | {n['images']} | {n['annotations']} |" for s, n in d.splits.items()]
+    lines += ["", f"Categories ({len(d.categories)}): {', '.join(d.categories)}"]
+    return lines
+
+
+def _lora_lines(cfg: Optional[LoraConfig], trainable: Optional[int]) -> List[str]:
+    if cfg is None:
+        return ["No LoRA: every weight was fine-tuned." if trainable else "Not recorded."]
+    rows = [
+        ("rank", cfg.rank),
+        ("alpha", f"{cfg.alpha:g} (scale {cfg.scale:g}{', rsLoRA' if cfg.use_rslora else ''})"),
+        ("dropout", f"{cfg.dropout:g}"),
+        ("targets", ", ".join(cfg.targets)),
+        ("parts", ", ".join(cfg.parts)),
+        ("target_regex", cfg.target_regex or "none"),
+        ("modules_to_save", ", ".join(cfg.modules_to_save) or "none"),
+        ("trainable parameters", f"{trainable:,}" if trainable is not None else "not recorded"),
+    ]
+    return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _metric_lines(metrics: Mapping[str, Mapping[str, float]], split: Optional[str]) -> List[str]:
+    if not metrics:
+        return ["Not recorded (no `results.json`: the run did not finish, or this export has no run directory)."]
+    base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
+
+    def cell(m, key):
+        return f"{m[key]:.3f}" if key in m else "—"
+
+    lines = [f"COCO AP (pycocotools) on the held-out `{split}` split.", "", "| metric | base | tuned | change |"]
+    lines.append("|---|---|---|---|")
+    for key, label in METRICS:
+        change = f"{tuned[key] - base[key]:+.3f}" if key in base and key in tuned else "—"
+        lines.append(f"| {label} | {cell(base, key)} | {cell(tuned, key)} | {change} |")
+    return lines
+
+
+def left_out_notes(left_out: Mapping[str, str]) -> List[str]:
+    """Card lines naming what a conversion left out (see sam3_lora.hf.keymap.summarise)."""
+    from sam3_lora.hf.keymap import summarise
+
+    return [f"Left out of this export (no counterpart in its format) — {line}" for line in summarise(left_out)]
+
+
+def run_card(run_dir) -> ModelCard:
+    """The card a training run writes into its run directory."""
+    facts = RunFacts.read(run_dir)
+    tuned = "LoRA adapter" if facts.lora else "fine-tuned weights"
+    return ModelCard(
+        title=f"SAM3 {tuned} ({Path(run_dir).name})",
+        library_name="sam3_lora",
+        facts=facts,
+        summary=f"A sam3_lora training run: SAM3 adapted to `{facts.dataset.label if facts.dataset else 'a dataset'}` "
+        f"with {'LoRA' if facts.lora else 'full fine-tuning'}.",
+        usage=RUN_USAGE,
+        files=[
+            f"`{layout.adapter_file('best')}` / `{layout.adapter_file('last')}`: the adapter (sam3_lora format)"
+            if facts.lora
+            else f"`{layout.full_weights_file('best')}`: full weights in sam3.pt's layout",
+            f"`{layout.RESULTS}`: held-out scores; `{layout.METRICS}`: validation scores; `{layout.TRAINING_LOG}`",
+            "`.hydra/`: the composed settings and overrides",
+        ],
+    )
+
+
+RUN_USAGE = """\
+```bash
+python -m sam3_lora.evaluate run_dir=. split=test                        # COCO AP, per category
+python -m sam3_lora.predict run_dir=. images=photos/ prompts='[a, b]'    # overlays + COCO JSON
+python -m sam3_lora.export run_dir=. format=transformers output=hf/      # Sam3Model.from_pretrained
+python -m sam3_lora.export run_dir=. format=transformers-peft output=peft/  # PeftModel on Sam3Model
+python -m sam3_lora.export run_dir=. format=merged output=sam3_tuned.pt  # stock sam3's loader
+```"""
+
+
+# How each export format is loaded: (library_name, extra tags, usage template). Templates use
+# {output}: the exported file or folder's name, {base}: where the base model comes from.
+EXPORT_FORMATS = {
+    "merged": (
+        "sam3",
+        [],
+        """\
+Full weights in `sam3.pt`'s layout, every LoRA update merged; stock `sam3` loads them (no sam3_lora needed):
+
+```python
+from sam3.model_builder import build_sam3_image_model
+model = build_sam3_image_model(checkpoint_path="{output}", load_from_HF=False)
+```""",
+    ),
+    "peft": (
+        "peft",
+        ["peft"],
+        """\
+A Hugging Face PEFT adapter on sam3's own modules (`sam3.model.sam3_image.Sam3Image`):
+
+```python
+from peft import PeftModel
+base = ...  # the SAM3 image model it was trained on ({base})
+model = PeftModel.from_pretrained(base, "{output}")
+```""",
+    ),
+    "transformers": (
+        "transformers",
+        ["transformers"],
+        """\
+A transformers `Sam3Model` (every LoRA update merged):
+
+```python
+from transformers import Sam3Model
+model = Sam3Model.from_pretrained("{output}")
+```
+Preprocess with SAM3's processor (`Sam3Processor.from_pretrained("facebook/sam3")`, resized to the
+config's `image_size`) or give `pixel_values` and CLIP token ids yourself.""",
+    ),
+    "transformers-peft": (
+        "peft",
+        ["peft", "transformers"],
+        """\
+A PEFT LoRA adapter on transformers' `Sam3Model` (q/k/v/o projections, FFNs{modules_to_save}):
+
+```python
+from peft import PeftModel
+from transformers import Sam3Model
+base = Sam3Model.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "{output}")
+model = model.merge_and_unload()  # optional: plain Sam3Model weights, full speed
+```""",
+    ),
+}
+
+# What a transformers-format user should know: measured by tests/test_hf_interop.py.
+TRANSFORMERS_NOTES = [
+    "Checked against sam3 0.1.4 on a small SAM3 of the same classes (fp32, CPU): with the same image, token "
+    "ids and prompts, `pred_logits`, `pred_boxes` (xyxy), `pred_masks`, `presence_logits` and `semantic_seg` "
+    "agree within 1e-5 of each output's largest magnitude (fp32 rounding).",
+    "Text-only prompts: sam3 always runs its geometry encoder, so a text prompt carries one more token (the "
+    "geometry encoder's CLS token); transformers' Sam3Model skips the geometry encoder when no box is given. "
+    "To get sam3's (and this model's training-time) behaviour, pass one padding box: "
+    "`input_boxes=torch.tensor([[[0.5, 0.5, 1.0, 1.0]]]), input_boxes_labels=torch.tensor([[-10]])`.",
+    "Presence logits: transformers clamps them to [-10, 10]; sam3 0.1.4 computes the same clamp but discards "
+    "it (decoder.py), so its presence logits beyond ±10 are unclamped (scores differ by < 5e-5 there).",
+    "transformers' default ViT `layer_norm_eps` is 1e-6; sam3's ViT uses 1e-5, which this config.json sets. "
+    "A Sam3Model config with the default 1e-6 changes outputs by ~1e-5 relative.",
+]
+
+
+def export_card(
+    fmt: str,
+    facts: RunFacts,
+    output_name: str,
+    left_out: Optional[Mapping[str, str]] = None,
+    base_only: bool = False,
+    pushed_to: Optional[str] = None,
+) -> ModelCard:
+    """The card an export writes beside (or into) its output."""
+    library_name, tags, usage = EXPORT_FORMATS[fmt]
+    if base_only:
+        base_scores = {k: v for k, v in facts.metrics.items() if k == "base"}
+        facts = replace(facts, lora=None, metrics=base_scores, trainable_parameters=None)
+    lora = facts.lora
+    saved = f", modules_to_save: {', '.join(lora.modules_to_save)}" if lora and lora.modules_to_save else ""
+    if fmt == "peft":  # PEFT on sam3's own modules: the sam3 model training used
+        base = base_description(facts)
+    else:
+        base = hub_base_model(facts) or "<the base exported with format=transformers base=true>"
+    what = (
+        "frozen base model"
+        if base_only
+        else ("LoRA-tuned model" if fmt in ("merged", "transformers") else "LoRA adapter")
+    )
+    notes = list(TRANSFORMERS_NOTES) if fmt.startswith("transformers") else []
+    notes += left_out_notes(left_out or {})
+    if pushed_to:
+        notes.append(f"Uploaded to {pushed_to} by `python -m sam3_lora.export push_to_hub=...`.")
+    return ModelCard(
+        title=f"SAM3 {what} ({fmt})",
+        library_name=library_name,
+        facts=facts,
+        summary=f"Exported by `python -m sam3_lora.export format={fmt}`"
+        + (f" from the training run `{facts.run_dir}`." if facts.run_dir else "."),
+        usage=usage.format(output=output_name, base=base, modules_to_save=saved),
+        notes=notes,
+        extra_tags=tags,
+        base_only=base_only,
+    )
