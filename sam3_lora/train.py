@@ -235,7 +235,7 @@ def _run(
         "peak_memory_gb": fit["peak_memory_gb"],
         "world_size": info.world_size,
         "overrides": run_name,
-        "dataset": asdict(DatasetFacts.from_annotations(cfg.dataset.name, cfg.dataset.root, ann_files)),
+        "dataset": asdict(DatasetFacts.from_annotations(dataset.name, dataset.root, ann_files)),
     }
     (run_dir / layout.RESULTS).write_text(json.dumps(summary, indent=1))
     run_card(run_dir).write(run_dir / layout.MODEL_CARD)

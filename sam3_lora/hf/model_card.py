@@ -93,7 +93,7 @@ class RunFacts:
     def read(cls, run_dir) -> "RunFacts":
         from omegaconf import OmegaConf
 
-        from sam3_lora.models.builders import model_option
+        from sam3_lora.core.conf import model_option
 
         run_dir = Path(run_dir)
         facts = cls(run_dir=run_dir)
