@@ -82,3 +82,29 @@ def randomize_lora(module: nn.Module, seed: int = 0) -> None:
         if isinstance(m, LoraDelta):
             with torch.no_grad():
                 m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.1)
+
+
+def lora_training_losses(model: nn.Module, steps: int = 3, lr: float = 1e-2, device="cpu", bf16: bool = False):
+    """AdamW steps on the LoRA parameters over fixed synthetic batches (bf16 autocast if asked),
+    seeded alike for every model; the losses, stacked."""
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from sam3_lora.lora import lora_parameters
+    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    loss_fn = build_sam3_loss(num_queries=model.transformer.decoder.num_queries)
+    opt = torch.optim.AdamW(lora_parameters(model), lr=lr)
+    losses = []
+    for step in range(steps):
+        batch = make_batch(112, 2, seed=step)
+        if device.type != "cpu":
+            batch = copy_data_to_device(batch, device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = core_loss(compute_loss(model, loss_fn, batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)

@@ -21,11 +21,11 @@ from conftest import (
 from hydra.utils import instantiate
 from safetensors.torch import load_file
 from sam3.model.utils.misc import copy_data_to_device
-from synthetic import final_outputs, make_batch, randomize_lora
+from synthetic import final_outputs, lora_training_losses, make_batch, randomize_lora
 
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import predict as predict_cmd
-from sam3_lora.lora import LoraConfig, inject_lora, lora_parameters, merge_lora
+from sam3_lora.lora import LoraConfig, inject_lora, merge_lora
 from sam3_lora.lora.config import PARTS
 from sam3_lora.models import build_model
 from sam3_lora.speed.compiled_blocks import compile_vit_blocks
@@ -196,19 +196,8 @@ def test_full_size_training_step_at_1008px(full_base_state, preset, capsys):
 
 
 # ------------------------------------------------------------------ speed levers on CUDA (issue: GPU speed)
-def _bf16_losses(model, steps: int = 2):
-    torch.manual_seed(0)
-    loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
-    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
-    losses = []
-    for step in range(steps):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = core_loss(compute_loss(model, loss_fn, _batch(112, 2, seed=step)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return torch.stack(losses)
+def _bf16_losses(model):
+    return lora_training_losses(model, steps=2, lr=1e-4, device=CUDA, bf16=True)
 
 
 def test_text_cache_on_cuda_gives_the_stock_losses(tiny_model):

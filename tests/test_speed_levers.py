@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from synthetic import make_batch, randomize_lora
+from synthetic import lora_training_losses, make_batch, randomize_lora
 
 from sam3_lora.lora import LoraConfig, inject_lora, lora_parameters
 from sam3_lora.speed.compiled_blocks import compile_vit_blocks
@@ -46,29 +46,13 @@ def test_autocast_outputs_are_cached_apart(tiny_model):
     assert cache.misses == 2 and fp32[1].dtype == torch.float32 and bf16[1].dtype == torch.bfloat16
 
 
-def _train(model, steps=3, lr=1e-2, bf16=False):
-    """AdamW steps on fixed batches (CPU bf16 autocast if asked); the losses."""
-    torch.manual_seed(0)
-    loss_fn = build_sam3_loss(num_queries=20)
-    opt = torch.optim.AdamW(lora_parameters(model), lr=lr)
-    losses = []
-    for step in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = core_loss(compute_loss(model, loss_fn, make_batch(112, 2, seed=step)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return torch.stack(losses)
-
-
 def test_training_with_the_cache_gives_exactly_the_same_losses(tiny_model):
     # balanced: the text encoder is frozen, so the cache serves every step after the first
     inject_lora(tiny_model, LoraConfig(rank=4, alpha=8, parts=["vision", "encoder", "decoder"]))
     tiny_model.train()
     cached_model = copy.deepcopy(tiny_model)
     cache = install_text_cache(cached_model)
-    want, got = _train(tiny_model), _train(cached_model)
+    want, got = lora_training_losses(tiny_model), lora_training_losses(cached_model)
     assert torch.equal(got, want), (got, want)
     for a, b in zip(lora_parameters(tiny_model), lora_parameters(cached_model)):
         assert torch.equal(a, b)
@@ -85,7 +69,7 @@ def test_the_cache_steps_aside_while_the_text_encoder_trains(tiny_model, trainab
             LoraConfig(rank=4, alpha=8, parts=["vision"], modules_to_save=["backbone.language_backbone.resizer"]),
         )
     cache = install_text_cache(tiny_model.train())
-    _train(tiny_model, steps=2)
+    lora_training_losses(tiny_model, steps=2)
     assert not cache.active() and cache.misses == cache.hits == 0
 
 
@@ -102,7 +86,7 @@ def test_a_bf16_base_trains_within_tolerance_of_the_fp32_base(tiny_model, parts)
     assert all(p.dtype == torch.float32 for p in lora_parameters(bf16))
     # everything after the backbones stays fp32 (sam3's decoder FFN runs with autocast off on CUDA)
     assert all(p.dtype == torch.float32 for n, p in bf16.named_parameters() if n.startswith("transformer."))
-    want, got = _train(tiny_model, lr=1e-3, bf16=True), _train(bf16, lr=1e-3, bf16=True)
+    want, got = lora_training_losses(tiny_model, lr=1e-3, bf16=True), lora_training_losses(bf16, lr=1e-3, bf16=True)
     # bf16 keeps 8 bits of mantissa (weights round by up to 2^-9 relative): the first loss agrees to
     # 1e-3 (measured 1e-4); three AdamW steps later the runs have drifted apart by about 1e-3
     assert torch.allclose(got[0], want[0], rtol=1e-3) and torch.allclose(got, want, rtol=5e-3), (got, want)

@@ -173,21 +173,16 @@ def train_setup(spec: dict) -> dict:
     }
 
 
-LEVERS = ("text_cache", "bf16_base", "compile")
-
-
 def apply_levers(model, spec: dict) -> None:
-    """The speed levers the trainer applies (trainer.text_cache / base_dtype / compile)."""
-    from sam3_lora.speed.compiled_blocks import compile_vit_blocks
-    from sam3_lora.speed.frozen_precision import hold_frozen_weights_in
-    from sam3_lora.speed.text_cache import install_text_cache
+    """The speed levers as the trainer applies them (trainer.text_cache / base_dtype / compile)."""
+    from sam3_lora.speed.levers import apply_speed_levers
 
-    if spec.get("text_cache"):
-        install_text_cache(model)
-    if spec.get("bf16_base"):
-        hold_frozen_weights_in(model, torch.bfloat16)
-    if spec.get("compile"):
-        compile_vit_blocks(model)
+    apply_speed_levers(
+        model,
+        text_cache=spec.get("text_cache", False),
+        base_dtype=torch.bfloat16 if spec.get("bf16_base") else None,
+        compile=spec.get("compile", False),
+    )
 
 
 def _config(d: dict):

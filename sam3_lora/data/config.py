@@ -1,7 +1,7 @@
 """The ``dataset`` config group as typed settings.
 
-``conf/dataset/*.yaml`` instantiate :class:`DatasetConfig` (its values are written once, in
-the yaml). A run directory's recorded ``dataset`` section is read back with
+``conf/dataset/*.yaml`` instantiate :class:`DatasetConfig` through :meth:`DatasetConfig.from_settings`
+(its values are written once, in the yaml). A run directory's recorded ``dataset`` section is read back with
 :meth:`DatasetConfig.from_section`, which builds the same class without instantiating any
 target named in that file.
 """
@@ -15,7 +15,6 @@ from typing import Any, Dict, Mapping, Optional
 from sam3_lora.core.errors import UserError
 
 SPLIT_NAMES = ("train", "valid", "test")
-DATASET_TARGET = "sam3_lora.data.config.DatasetConfig"
 HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "_args_")
 
 
@@ -88,6 +87,12 @@ class DatasetConfig:
     def split(self, name: str) -> Optional[Split]:
         """The split called ``name`` when it is configured, else None."""
         return getattr(self, name) if name in SPLIT_NAMES else None
+
+    @classmethod
+    def from_settings(cls, **values: Any) -> "DatasetConfig":
+        """The ``_target_`` of ``conf/dataset``: every key checked by name (unknown and missing
+        ones named) before the class is built."""
+        return cls.from_section(values)
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], where: str = "") -> "DatasetConfig":

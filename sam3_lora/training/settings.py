@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam3_lora.core.errors import UserError
-from sam3_lora.data.config import DATASET_TARGET, DatasetConfig
+from sam3_lora.data.config import DatasetConfig
 from sam3_lora.evaluation.coco import STAT_NAMES
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -113,11 +113,7 @@ def _check_group(cfg: DictConfig, group: str, check, problems: List[str]) -> Non
 
 def _check_dataset(dataset: DictConfig, problems: List[str]) -> None:
     """The section must build a DatasetConfig: every key known, none missing."""
-    values = OmegaConf.to_container(dataset, resolve=True)
     try:
-        if values.get("_target_") == DATASET_TARGET:  # key by key, naming the unknown and the missing
-            DatasetConfig.from_section(values)
-            return
         built = instantiate(dataset)
     except Exception as e:  # noqa: BLE001 - Hydra wraps what the target raised
         cause = e.__cause__ or e
@@ -126,7 +122,7 @@ def _check_dataset(dataset: DictConfig, problems: List[str]) -> None:
     if not isinstance(built, DatasetConfig):
         problems.append(
             f"dataset._target_={dataset.get('_target_')!r} built a {type(built).__name__}, not a "
-            f"{DATASET_TARGET} (see conf/dataset/coco.yaml)"
+            "sam3_lora.data.config.DatasetConfig (see conf/dataset/coco.yaml)"
         )
 
 

@@ -29,9 +29,7 @@ from sam3_lora.core.device import peak_memory_gb, resolve_amp, resolve_device
 from sam3_lora.core.errors import UserError
 from sam3_lora.evaluation.coco import Evaluator
 from sam3_lora.runs import layout
-from sam3_lora.speed.compiled_blocks import compile_vit_blocks
-from sam3_lora.speed.frozen_precision import hold_frozen_weights_in
-from sam3_lora.speed.text_cache import install_text_cache
+from sam3_lora.speed.levers import apply_speed_levers
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.distributed import DistInfo
@@ -119,7 +117,10 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self._hold_frozen_base_in_base_dtype(model)  # before the copy to the GPU: half the bytes to move
+        # the text cache steps aside by itself while the text encoder trains
+        self.text_cache = apply_speed_levers(
+            model, text_cache=cfg.text_cache, base_dtype=self._base_dtype(), compile=cfg.compile
+        )
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -159,10 +160,6 @@ class Trainer:
         self.bad_steps = 0  # consecutive non-finite losses, across epoch boundaries
         self.history: list = []
         self._apply_activation_checkpointing()
-        # encodes each prompt once while the text encoder is frozen; steps aside while it trains
-        self.text_cache = install_text_cache(self.model) if cfg.text_cache else None
-        if cfg.compile:
-            log.info("torch.compile: %d ViT blocks (compiled at the first step)", compile_vit_blocks(self.model))
 
     # ---------------------------------------------------------------- setup
     def _weights_finite(self) -> bool:
@@ -184,17 +181,17 @@ class Trainer:
             + " Start a new run with a lower optimizer.lr."
         )
 
-    def _hold_frozen_base_in_base_dtype(self, model: nn.Module) -> None:
+    def _base_dtype(self) -> Optional[torch.dtype]:
+        """``trainer.base_dtype``, refused without the bf16 autocast it needs."""
         if self.cfg.base_dtype is None:
-            return
+            return None
         if self.cfg.base_dtype != "bf16" or self.amp_dtype != torch.bfloat16:
             raise BaseDtypeError(
                 f"trainer.base_dtype={self.cfg.base_dtype} needs bf16 autocast, but trainer.amp={self.cfg.amp} gives "
                 f"{self.amp_dtype or 'fp32'} on {self.device}: set trainer.amp=bf16 (auto is bf16 on CUDA), or "
                 "trainer.base_dtype=null"
             )
-        saved = hold_frozen_weights_in(model, torch.bfloat16)
-        log.info("frozen backbone weights held in bf16: %.2f GB less", saved / 1e9)
+        return torch.bfloat16
 
     def _apply_activation_checkpointing(self) -> None:
         trunk = getattr(getattr(self.model, "backbone", None), "vision_backbone", None)
