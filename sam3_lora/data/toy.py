@@ -1,10 +1,19 @@
 """A synthetic COCO dataset of named shapes, generated deterministically from a seed.
 
-Two visual domains share the same categories, so a model trained on one can be
-adapted to the other:
+A miniature of adapting SAM3 to a new domain. Two visual domains, each with its own
+concepts, some shared:
 
-* ``base``: bright filled shapes on a dark, plain background;
-* ``shifted``: dark shapes with a light outline on a light, noisy background.
+* ``base`` (the frozen base's own domain): bright filled circles, squares and triangles
+  on a dark, plain background;
+* ``shifted`` (the target domain): dark shapes with a light outline on a light, noisy
+  background: circles and squares (shared concepts, new look) and stars and crosses
+  (new concepts); no triangles.
+
+Category ids are the same in every dataset (``CATEGORIES``). A ``train`` split lists only
+its domain's concepts, as a user's own export would; held-out splits (``valid``, ``test``)
+list every concept, so evaluation also prompts concepts absent from the domain (triangle
+on shifted images, star and cross on base images): a model that fires on every prompt
+pays for it there.
 
 Layout is Roboflow's: ``ROOT/{train,valid,test}/_annotations.coco.json`` beside the
 images, with polygon segmentations, ``iscrowd`` on every annotation.
@@ -24,18 +33,42 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CATEGORIES = ("circle", "square", "triangle")
-DOMAINS = ("base", "shifted")
+CATEGORIES = ("circle", "square", "triangle", "star", "cross")
+DOMAIN_CONCEPTS = {"base": ("circle", "square", "triangle"), "shifted": ("circle", "square", "star", "cross")}
+DOMAINS = tuple(DOMAIN_CONCEPTS)
 DEFAULT_SPLITS = {"train": 48, "valid": 16, "test": 16}
 ANNOTATIONS = "_annotations.coco.json"
 # Bump when the generator's output changes, so cached copies are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
     if kind == "circle":
         n = 24
         return [(cx + r * math.cos(2 * math.pi * i / n), cy + r * math.sin(2 * math.pi * i / n)) for i in range(n)]
+    if kind == "star":  # five points: outer and inner radius alternate
+        return [
+            (cx + rr * math.cos(angle + math.pi * i / 5), cy + rr * math.sin(angle + math.pi * i / 5))
+            for i, rr in enumerate([r * 1.3, r * 0.55] * 5)
+        ]
+    if kind == "cross":  # a plus sign: arms of half-width 0.4 r reaching 1.2 r, rotated by angle
+        w, a = 0.4 * r, 1.2 * r
+        outline = [
+            (w, a),
+            (w, w),
+            (a, w),
+            (a, -w),
+            (w, -w),
+            (w, -a),
+            (-w, -a),
+            (-w, -w),
+            (-a, -w),
+            (-a, w),
+            (-w, w),
+            (-w, a),
+        ]
+        c, s_ = math.cos(angle), math.sin(angle)
+        return [(cx + x * c - y * s_, cy + x * s_ + y * c) for x, y in outline]
     corners = 4 if kind == "square" else 3
     radius = r * (1.25 if kind == "square" else 1.3)
     return [
@@ -63,7 +96,7 @@ def _background(rng: random.Random, size: int, domain: str) -> Image.Image:
 # shifted domain changes hues, contrast and background together.
 PALETTES = {
     "base": {"circle": (230, 80, 60), "square": (80, 220, 90), "triangle": (90, 120, 240)},
-    "shifted": {"circle": (40, 40, 120), "square": (120, 40, 40), "triangle": (30, 90, 40)},
+    "shifted": {"circle": (40, 40, 120), "square": (120, 40, 40), "star": (130, 100, 20), "cross": (30, 90, 40)},
 }
 
 
@@ -75,16 +108,16 @@ def _image(rng: random.Random, size: int, domain: str):
     image = _background(rng, size, domain)
     draw = ImageDraw.Draw(image)
     shapes, placed = [], []
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, 2)):
         for _attempt in range(20):
-            r = rng.uniform(0.12, 0.22) * size
+            r = rng.uniform(0.15, 0.25) * size
             cx, cy = rng.uniform(r * 1.4, size - r * 1.4), rng.uniform(r * 1.4, size - r * 1.4)
             if all(math.hypot(cx - x, cy - y) > 1.4 * (r + pr) for x, y, pr in placed):
                 break
         else:
             continue
         placed.append((cx, cy, r))
-        kind = rng.choice(CATEGORIES)
+        kind = rng.choice(DOMAIN_CONCEPTS[domain])
         poly = _polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
         outline = (235, 235, 235) if domain == "shifted" else None
         draw.polygon(poly, fill=_colour(rng, domain, kind), outline=outline)
@@ -114,7 +147,8 @@ def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits:
         raise ValueError(f"unknown toy domain '{domain}'; choose one of {', '.join(DOMAINS)}")
     root = Path(root)
     splits = splits or DEFAULT_SPLITS
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)]
+    every = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)]
+    own = [c for c in every if c["name"] in DOMAIN_CONCEPTS[domain]]
     for split_index, (split, count) in enumerate(splits.items()):
         rng = random.Random(f"{seed}-{domain}-{split_index}")
         folder = root / split
@@ -132,7 +166,7 @@ def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits:
             "info": {"description": f"sam3_lora toy shapes, domain={domain}, seed={seed}"},
             "images": images,
             "annotations": annotations,
-            "categories": categories,
+            "categories": own if split == "train" else every,
         }
         tmp = folder / f".{ANNOTATIONS}.tmp"
         tmp.write_text(json.dumps(coco))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -47,32 +48,41 @@ class SAM3Size:
             raise ValueError(f"invalid SAM3Size {self}: " + "; ".join(problems))
 
 
+TINY = SAM3Size(
+    img_size=112,
+    pretrain_img_size=56,
+    vit_dim=64,
+    vit_depth=2,
+    vit_heads=4,
+    vit_mlp_ratio=4.0,
+    window_size=4,
+    global_att_blocks=(1,),
+    text_width=64,
+    text_heads=4,
+    text_layers=2,
+    d_model=64,
+    heads=4,
+    dim_feedforward=128,
+    encoder_layers=1,
+    decoder_layers=2,
+    geometry_layers=1,
+    num_queries=20,
+    drop_path_rate=0.0,
+    dropout=0.0,
+)
+
 # Named sizes, selectable from config as `model.size=<name>`.
 SIZES = {
     "full": SAM3Size(),
     # ~4M parameters: a training step in well under a second on one CPU core.
-    "tiny": SAM3Size(
-        img_size=112,
-        pretrain_img_size=56,
-        vit_dim=64,
-        vit_depth=2,
-        vit_heads=4,
-        vit_mlp_ratio=4.0,
-        window_size=4,
-        global_att_blocks=(1,),
-        text_width=64,
-        text_heads=4,
-        text_layers=2,
-        d_model=64,
-        heads=4,
-        dim_feedforward=128,
-        encoder_layers=1,
-        decoder_layers=2,
-        geometry_layers=1,
-        num_queries=20,
-        drop_path_rate=0.0,
-        dropout=0.0,
-    ),
+    "tiny": TINY,
+    # The toy world's base (model=sam3_tiny_toy): tiny on a finer patch grid (14 x 14 instead of 8 x 8, so
+    # an object spans several patches, as it does at 1008 px; tiny's boxes stay coarse) with few queries
+    # (a toy image holds one or two objects).
+    "toy": dataclasses.replace(TINY, patch_size=8, window_size=7, num_queries=5),
+    # The toy world's base (model=sam3_tiny_toy): the tiny size on a finer patch grid (14 x 14 instead of
+    # 8 x 8: an 8-pixel patch, so objects span several patches, as they do at 1008 px) with few queries
+    # (toy images hold one or two objects). Its boxes need the finer grid; tiny's stay coarse.
     # Big enough that matrix work dominates (for CPU benchmarks), still minutes not hours.
     "medium": SAM3Size(
         img_size=224,

@@ -30,6 +30,7 @@ from sam3_lora.training.trainer import Trainer, TrainerConfig
 log = logging.getLogger(__name__)
 
 PRETRAIN_THREADS = 2
+TOY_SIZE = "toy"  # sam3_lora/models/sizes.py
 
 
 def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int) -> dict:
@@ -40,7 +41,8 @@ def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int
         "seed": seed,
         "train_images": train_images,
         "toy_version": toy.GENERATOR_VERSION,
-        "model": "tiny",
+        "model": TOY_SIZE,
+        "optimizer": "AdamW(fused)",
         "threads": PRETRAIN_THREADS,  # float sums, so the weights, depend on the thread count
     }
 
@@ -80,7 +82,7 @@ def ensure_toy_base(
 
 def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch_size: int, seed: int) -> None:
     seed_everything(seed)
-    model = build_model("tiny")
+    model = build_model(TOY_SIZE)
     split = Split(str(data / "train" / toy.ANNOTATIONS), str(data / "train"))
     loader = build_loader(
         build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=1, seed=seed
@@ -99,7 +101,7 @@ def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch
         trainer = Trainer(
             model=model,
             loss_fn=build_sam3_loss(model.transformer.decoder.num_queries),
-            make_optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05),
+            make_optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05, fused=True),
             make_scheduler=functools.partial(warmup_cosine, warmup_ratio=0.1, min_lr_ratio=0.01),
             train_loader=loader,
             evaluator=None,
@@ -122,6 +124,6 @@ def build_toy_base_model(
     train_images: int = 200,
     **kwargs,
 ):
-    """Entry of ``model=sam3_tiny_toy``: the tiny SAM3 with the cached toy-pretrained weights."""
+    """Entry of ``model=sam3_tiny_toy``: the toy-size SAM3 with the cached toy-pretrained weights."""
     path = ensure_toy_base(cache_dir, steps, lr, batch_size, seed, train_images)
-    return build_model("tiny", checkpoint_path=str(path), **kwargs)
+    return build_model(TOY_SIZE, checkpoint_path=str(path), **kwargs)
