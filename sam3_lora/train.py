@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import hydra
 import torch
@@ -46,13 +46,21 @@ log = logging.getLogger("sam3_lora.train")
 
 @dataclass
 class Splits:
-    train: Split
+    train: Optional[Split]  # None for a dataset that is only scored (retention)
     valid: Optional[Split]
     test: Optional[Split]
 
+    def heldout(self, preferred: str = "test") -> Tuple[str, Optional[Split]]:
+        """The split to score: ``preferred`` when present, else valid."""
+        name = preferred if getattr(self, preferred) is not None else "valid"
+        return name, getattr(self, name)
 
-def prepare_data(dataset: DatasetConfig, run_dir: Path, validate: bool = True) -> Splits:
-    """Generate toy data if asked, then validate each split (cleaned copies go to the run dir).
+
+def prepare_data(
+    dataset: DatasetConfig, run_dir: Path, validate: bool = True, data_dir: str = "data", heldout_only: bool = False
+) -> Splits:
+    """Generate toy data if asked, then validate each split (cleaned copies go to ``run_dir/data_dir``).
+    ``heldout_only``: valid and test only (a dataset that is scored, never trained on).
 
     ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data
     already; take its cleaned copies where it wrote any, without reading every image again.
@@ -63,16 +71,16 @@ def prepare_data(dataset: DatasetConfig, run_dir: Path, validate: bool = True) -
     out: Dict[str, Optional[Split]] = {}
     for name in SPLIT_NAMES:
         spec = dataset.split(name)
-        if spec is None or (name != "train" and not spec.exists()):
+        if spec is None or (name != "train" and not spec.exists()) or (name == "train" and heldout_only):
             out[name] = None
             continue
         if validate:
             ann_file, report = validate_and_clean(
-                spec.ann_file, spec.img_folder, run_dir / "data", name, check_images=dataset.validate.check_images
+                spec.ann_file, spec.img_folder, run_dir / data_dir, name, check_images=dataset.validate.check_images
             )
             log.info("data %s", report.summary())
         else:
-            cleaned = cleaned_path(run_dir / "data", name)
+            cleaned = cleaned_path(run_dir / data_dir, name)
             ann_file = str(cleaned) if cleaned.is_file() else spec.ann_file
         out[name] = Split(ann_file=ann_file, img_folder=spec.img_folder)
     return Splits(**out)
@@ -136,8 +144,12 @@ def _run(
     base_name = cfg.model.name
     image_size, num_queries = model.image_size, model.transformer.decoder.num_queries
     # The final score's split (final_eval.split), falling back to valid when it is absent.
-    heldout_name = cfg.final_eval.split if getattr(splits, cfg.final_eval.split) else "valid"
-    heldout = getattr(splits, heldout_name)
+    heldout_name, heldout = splits.heldout(cfg.final_eval.split)
+    # The retention dataset (a second domain, or absent concepts): scored, never trained on.
+    retention = instantiate(cfg.retention) if cfg.get("retention") else None
+    retention_splits = None
+    if retention is not None and info.is_main:
+        retention_splits = prepare_data(retention, run_dir, data_dir="data/retention", heldout_only=True)
     device = resolve_device(tcfg.device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)  # one GPU per process
@@ -155,6 +167,14 @@ def _run(
         else:
             results["base"] = evaluator(heldout)(model.to(device), device)
             base_file.write_text(json.dumps(results["base"]))
+    retention_base_file = run_dir / layout.RETENTION_BASE_METRICS
+    if retention_splits is not None:
+        retention_split_name, retention_split = retention_splits.heldout()
+        if retention_split is None:
+            raise PreflightError(f"retention dataset '{retention.name}' has neither a test nor a valid split")
+        if not retention_base_file.is_file():  # a resumed run scored it before training started
+            base_score = evaluator(retention_split)(model.to(device), device)
+            retention_base_file.write_text(json.dumps(base_score))
 
     if cfg.lora:
         report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
@@ -224,6 +244,14 @@ def _run(
         if best.is_file():
             ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
         results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
+    retained = None
+    if retention_splits is not None:
+        tuned_score = evaluator(retention_split)(model, trainer.device, trainer.autocast())
+        retained = retention_summary(
+            retention.name, retention_split_name, json.loads(retention_base_file.read_text()), tuned_score
+        )
+        loggers.log_metrics({f"retention/{k}": v for k, v in tuned_score.items()}, trainer.step)
+        loggers.log_metrics({f"retention/change/{k}": v for k, v in retained["change"].items()}, trainer.step)
     ann_files = {name: split.ann_file for name, split in vars(splits).items() if split is not None}
     summary = {
         "heldout_split": heldout_name,
@@ -235,8 +263,12 @@ def _run(
         "peak_memory_gb": fit["peak_memory_gb"],
         "world_size": info.world_size,
         "overrides": run_name,
+        "seed": cfg.seed,
+        "step_time_s": fit["step_time_s"],
         "dataset": asdict(DatasetFacts.from_annotations(dataset.name, dataset.root, ann_files)),
     }
+    if retained is not None:
+        summary["retention"] = retained
     (run_dir / layout.RESULTS).write_text(json.dumps(summary, indent=1))
     run_card(run_dir).write(run_dir / layout.MODEL_CARD)
     hparams = {
@@ -247,17 +279,35 @@ def _run(
     final = results.get("lora") or results.get("finetuned") or {}
     loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
     loggers.finish()
-    log.info("\n%s", results_table(results, heldout_name, run_dir, lora=bool(cfg.lora)))
+    log.info("\n%s", results_table(results, heldout_name, run_dir, lora=bool(cfg.lora), retention=retained))
     return summary
 
 
-def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Path, lora: bool = True) -> str:
+def retention_summary(name: str, split: str, base: Dict[str, float], tuned: Dict[str, float]) -> Dict:
+    """The retention dataset's scores before and after tuning, and their change (tuned - base;
+    negative = forgotten). A stat COCOeval could not score (-1) has no change."""
+    change = {k: tuned[k] - base[k] for k in tuned if k in base and tuned[k] >= 0 and base[k] >= 0}
+    return {"dataset": name, "split": split, "base": base, "tuned": tuned, "change": change}
+
+
+def results_table(
+    results: Dict[str, Dict[str, float]], split: str, run_dir: Path, lora: bool = True, retention: Optional[Dict] = None
+) -> str:
+    def row(label: str, m: Dict[str, float]) -> str:
+        return f"{label:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}{m['segm/AP50']:>12.3f}"
+
     lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
     labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
     for key, m in results.items():
-        lines.append(
-            f"{labels[key]:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}{m['segm/AP50']:>12.3f}"
-        )
+        lines.append(row(labels[key], m))
+    if retention is not None:
+        tuned = "LoRA (best)" if lora else "fine-tuned (best)"
+        lines += [
+            f"retention: '{retention['dataset']}' {retention['split']} split",
+            row("frozen base", retention["base"]),
+            row(tuned, retention["tuned"]),
+            row("change", {k: retention["change"].get(k, float("nan")) for k in retention["tuned"]}),
+        ]
     lines += [
         f"run directory: {run_dir}",
         f"  {'adapter' if lora else 'weights'}: {run_dir / layout.weights_file('best', lora)} "

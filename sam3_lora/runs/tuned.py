@@ -113,13 +113,20 @@ def run_adapter(run_dir) -> Path:
     )
 
 
-def load_tuned(cfg: DictConfig) -> Tuned:
-    """``cfg`` has ``run_dir``, ``adapter``, ``base`` and (without run_dir) ``model`` / ``dataset``."""
+def load_tuned(cfg: DictConfig, dataset_given: bool = False) -> Tuned:
+    """``cfg`` has ``run_dir``, ``adapter``, ``base`` and (without run_dir) ``model`` / ``dataset``.
+
+    ``dataset_given``: the command line set ``dataset`` (another dataset to score a run on, say
+    its source domain); it replaces the run's recorded one.
+    """
     if cfg.get("run_dir"):
         rc, model_cfg = run_model_config(cfg.run_dir)
         recorded = rc.get("dataset")
         where = f"{run_config_path(cfg.run_dir)} (dataset)"
-        dataset = None if recorded is None else _recorded_dataset(recorded, where)
+        if dataset_given:
+            dataset = instantiate(cfg.dataset)
+        else:
+            dataset = None if recorded is None else _recorded_dataset(recorded, where)
         adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
         seed = rc.get("seed", 0)
         if not isinstance(seed, int):

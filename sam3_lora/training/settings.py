@@ -111,17 +111,18 @@ def _check_group(cfg: DictConfig, group: str, check, problems: List[str]) -> Non
     problems.extend(f"{group}.{line}" for line in p.lines)
 
 
-def _check_dataset(dataset: DictConfig, problems: List[str]) -> None:
-    """The section must build a DatasetConfig: every key known, none missing."""
+def _check_dataset(dataset: DictConfig, problems: List[str], key: str = "dataset") -> None:
+    """The section (``dataset`` or ``retention``) must build a DatasetConfig: every key known, none missing."""
     try:
         built = instantiate(dataset)
     except Exception as e:  # noqa: BLE001 - Hydra wraps what the target raised
         cause = e.__cause__ or e
-        problems.append(str(cause) if isinstance(cause, UserError) else f"dataset: {cause}")
+        message = str(cause) if isinstance(cause, UserError) else f"dataset: {cause}"
+        problems.append(message if key == "dataset" else f"{key} (a dataset section): {message}")
         return
     if not isinstance(built, DatasetConfig):
         problems.append(
-            f"dataset._target_={dataset.get('_target_')!r} built a {type(built).__name__}, not a "
+            f"{key}._target_={dataset.get('_target_')!r} built a {type(built).__name__}, not a "
             "sam3_lora.data.config.DatasetConfig (see conf/dataset/coco.yaml)"
         )
 
@@ -149,5 +150,7 @@ def check_train_config(cfg: DictConfig) -> None:
             problems.append(str(cause) if isinstance(cause, UserError) else f"lora: {cause}")
     if cfg.get("dataset") is not None:
         _check_dataset(cfg.dataset, problems)
+    if cfg.get("retention") is not None:
+        _check_dataset(cfg.retention, problems, key="retention")
     if problems:
         raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(problems))

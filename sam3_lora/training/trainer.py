@@ -289,7 +289,7 @@ class Trainer:
         if self.is_main:
             remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         self.resume()
-        start = time.time()
+        first_step, start = self.step, time.time()
         self._install_signal_handlers()
         try:
             self._epochs()
@@ -304,6 +304,8 @@ class Trainer:
             "wall_time_s": time.time() - start,
             "best": self.best,
             "images_per_s": self.images_seen * self.dist.world_size / train_time,
+            # Seconds per optimizer step in this session, evaluation and checkpoints excluded.
+            "step_time_s": train_time / max(self.step - first_step, 1),
             "peak_memory_gb": peak_memory_gb(self.device),
         }
 

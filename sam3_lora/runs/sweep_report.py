@@ -1,0 +1,266 @@
+"""A sweep's runs as one results table: grouped by setup, mean ± std over seeds.
+
+Written at the end of a multirun by :class:`WriteSweepReport` (a Hydra callback that
+``conf/experiment/forgetting.yaml`` and ``rank_sweep.yaml`` name), or by hand with
+``python -m sam3_lora.report multirun/<date>/<time>``.
+
+A run's setup is its overrides without ``seed``: the seeds of one setup are averaged
+(population std over the seeds present; one seed gives std 0 and the table says n=1).
+Per setup: the tuned model's held-out (target-domain) COCO AP and cgF1, the change on the
+retention dataset against the frozen base (negative = forgotten), trainable parameters and
+seconds per optimizer step. The frozen base is one more row, from the base scores every run
+records before it trains (identical across runs when the base and data are).
+
+Files, beside the runs: ``sweep_report.md`` (the table and what it shows), ``sweep_report.csv``
+(one row per setup, mean and std columns), ``sweep_report_runs.csv`` (one row per run) and
+``sweep_report.png`` (target gain against source change, per setup).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from sam3_lora.runs import layout
+
+log = logging.getLogger("sam3_lora.report")
+
+BASE = "frozen base"
+# (column, results key, label): figures averaged per setup.
+TARGET = (("target_bbox_AP", "bbox/AP"), ("target_segm_AP", "segm/AP"), ("target_segm_cgF1", "segm/cgF1"))
+SOURCE = (
+    ("source_change_bbox_AP", "bbox/AP"),
+    ("source_change_segm_AP", "segm/AP"),
+    ("source_change_segm_cgF1", "segm/cgF1"),
+)
+FIGURES = tuple(c for c, _ in TARGET + SOURCE) + ("trainable_parameters", "step_time_s")
+
+
+class SweepReportError(ValueError):
+    """No finished run to report on."""
+
+
+@dataclass
+class Run:
+    path: Path
+    setup: str
+    seed: Optional[int]
+    base: Dict[str, float]
+    tuned: Dict[str, float]
+    retention: Optional[dict]
+    values: Dict[str, Optional[float]] = field(default_factory=dict)
+
+
+def _setup_name(overrides: str) -> str:
+    """``seed=1,tuning=lora_balanced`` -> ``tuning=lora_balanced`` (the seeds of a setup are averaged)."""
+    kept = [part for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part and not part.startswith("seed=")]
+    return ",".join(kept) or "(defaults)"
+
+
+def read_run(results_file: Path) -> Run:
+    r = json.loads(results_file.read_text())
+    results = r.get("results", {})
+    tuned = results.get("lora") or results.get("finetuned") or {}
+    retention = r.get("retention")
+    run = Run(
+        path=results_file.parent,
+        setup=_setup_name(r.get("overrides") or ""),
+        seed=r.get("seed"),
+        base=results.get("base") or {},
+        tuned=tuned,
+        retention=retention,
+    )
+    for column, key in TARGET:
+        run.values[column] = tuned.get(key)
+    for column, key in SOURCE:
+        run.values[column] = (retention or {}).get("change", {}).get(key)
+    run.values["trainable_parameters"] = r.get("trainable_parameters")
+    run.values["step_time_s"] = r.get("step_time_s")
+    return run
+
+
+def collect(sweep_dir: Path) -> List[Run]:
+    runs = [read_run(p) for p in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"))]
+    if not runs:
+        raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}")
+    return runs
+
+
+def mean_std(values: Sequence[Optional[float]]):
+    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+@dataclass
+class SetupRow:
+    setup: str
+    seeds: List[Optional[int]]
+    mean: Dict[str, Optional[float]]
+    std: Dict[str, Optional[float]]
+
+    @property
+    def is_full_finetune(self) -> bool:
+        return "lora=none" in self.setup or "full_finetune" in self.setup
+
+
+def aggregate(runs: List[Run]) -> List[SetupRow]:
+    """One row per setup, plus the frozen base first (from the runs' base scores)."""
+    rows = []
+    bases = [r for r in runs if r.base]
+    if bases:
+        mean, std = {}, {}
+        for column, key in TARGET:
+            mean[column], std[column] = mean_std([r.base.get(key) for r in bases])
+        for column, _ in SOURCE:
+            has = any(r.retention for r in bases)
+            mean[column], std[column] = (0.0, 0.0) if has else (None, None)
+        mean["trainable_parameters"], std["trainable_parameters"] = 0, 0
+        mean["step_time_s"], std["step_time_s"] = None, None
+        rows.append(SetupRow(BASE, sorted({r.seed for r in bases}, key=str), mean, std))
+    for setup in dict.fromkeys(r.setup for r in runs):
+        group = [r for r in runs if r.setup == setup]
+        mean, std = {}, {}
+        for column in FIGURES:
+            mean[column], std[column] = mean_std([r.values[column] for r in group])
+        rows.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std))
+    return rows
+
+
+def _pm(m, s, digits=3) -> str:
+    if m is None:
+        return "-"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def findings(rows: List[SetupRow]) -> List[str]:
+    """What the table shows, computed: each LoRA setup against full fine-tuning."""
+    full = next((r for r in rows if r.is_full_finetune), None)
+    base = next((r for r in rows if r.setup == BASE), None)
+    if full is None or base is None:
+        return []
+    lines = []
+    for row in rows:
+        if row in (full, base):
+            continue
+        parts = []
+        for column, label in (("target_bbox_AP", "bbox"), ("target_segm_AP", "segm")):
+            gain, full_gain = row.mean[column], full.mean[column]
+            b = base.mean[column]
+            if None in (gain, full_gain, b) or full_gain - b <= 0:
+                continue
+            parts.append(f"{label} AP gain {100 * (gain - b) / (full_gain - b):.0f}% of full fine-tuning's")
+        for column, label in (("source_change_bbox_AP", "bbox"), ("source_change_segm_AP", "segm")):
+            change, full_change = row.mean[column], full.mean[column]
+            if change is None or full_change is None:
+                continue
+            verdict = "less" if change > full_change else "not less"
+            parts.append(f"source {label} AP change {change:+.3f} vs full {full_change:+.3f} ({verdict} forgetting)")
+        if parts:
+            lines.append(f"- {row.setup}: " + "; ".join(parts))
+    return lines
+
+
+def markdown(rows: List[SetupRow]) -> str:
+    head = (
+        "| setup | n | target bbox AP | target segm AP | target segm cgF1 | source Δ bbox AP | source Δ segm AP "
+        "| source Δ segm cgF1 | trainable | s / step |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        trainable = r.mean["trainable_parameters"]
+        step = r.mean["step_time_s"]
+        cells = [
+            r.setup,
+            str(len(r.seeds)),
+            *(_pm(r.mean[c], r.std[c]) for c, _ in TARGET + SOURCE),
+            "-" if trainable is None else f"{int(trainable):,}",
+            "-" if step is None else f"{step:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    found = findings(rows)
+    notes = [
+        "",
+        "Target: the held-out split of the training dataset. Source Δ: the tuned model minus the frozen base on the "
+        "retention dataset (negative = forgotten). cgF1 = pmF1 x IL_MCC at the score threshold chosen on valid "
+        "(0..1; the SAM3 paper prints x100). Mean ± std over the seeds (n).",
+    ]
+    return "\n".join(lines + notes + ([""] + found if found else [])) + "\n"
+
+
+def write_report(sweep_dir) -> Path:
+    """Write the report files into ``sweep_dir``; returns the Markdown file."""
+    sweep_dir = Path(sweep_dir)
+    runs = collect(sweep_dir)
+    rows = aggregate(runs)
+    md = sweep_dir / "sweep_report.md"
+    md.write_text(markdown(rows))
+    with open(sweep_dir / "sweep_report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std"))])
+        for r in rows:
+            writer.writerow([r.setup, len(r.seeds), *(x for c in FIGURES for x in (r.mean[c], r.std[c]))])
+    with open(sweep_dir / "sweep_report_runs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "setup", "seed", *FIGURES])
+        for run in runs:
+            writer.writerow([run.path.name, run.setup, run.seed, *(run.values[c] for c in FIGURES)])
+    plot(rows, sweep_dir / "sweep_report.png")
+    return md
+
+
+def plot(rows: List[SetupRow], path: Path) -> None:
+    """Target gain over the base against the source-domain change, one point per setup (± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = next((r for r in rows if r.setup == BASE), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, kind in zip(axes, ("bbox", "segm")):
+        for r in rows:
+            if r.setup == BASE:
+                continue
+            y, ys = r.mean[f"target_{kind}_AP"], r.std[f"target_{kind}_AP"]
+            x, xs = r.mean[f"source_change_{kind}_AP"], r.std[f"source_change_{kind}_AP"]
+            if y is None:
+                continue
+            y = y - (base.mean[f"target_{kind}_AP"] or 0.0) if base else y
+            x = 0.0 if x is None else x
+            ax.errorbar(x, y, xerr=xs or 0.0, yerr=ys or 0.0, marker="o", capsize=3, label=r.setup)
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel(f"source-domain {kind} AP change (tuned − base)")
+        ax.set_ylabel(f"target-domain {kind} AP gain over the base" if base else f"target-domain {kind} AP")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("what each setup gains on the target domain and loses on the source domain (mean ± std)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class WriteSweepReport(Callback):
+    """Hydra callback: the report, once every run of the multirun has finished (any launcher,
+    SLURM included: the submitit launchers return when their jobs have)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            md = write_report(sweep_dir)
+        except SweepReportError as e:
+            log.warning("no sweep report: %s", e)
+            return
+        log.info("\n%s\nsweep report: %s (.csv, _runs.csv, .png)", md.read_text(), md)

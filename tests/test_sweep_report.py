@@ -1,0 +1,96 @@
+"""The sweep report: runs grouped by setup, seeds averaged, the base row, findings, files.
+
+Inputs are results.json files laid out as a multirun leaves them; the expected figures are
+worked out by hand in the comments.
+"""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from sam3_lora.runs.sweep_report import BASE, SweepReportError, _setup_name, aggregate, collect, write_report
+
+
+def _metrics(bbox, segm, cgf1=None):
+    m = {"bbox/AP": bbox, "segm/AP": segm, "bbox/AP50": bbox, "segm/AP50": segm}
+    if cgf1 is not None:
+        m["segm/cgF1"] = cgf1
+    return m
+
+
+def _write_run(sweep, name, overrides, seed, base, tuned, retention_base, retention_tuned, trainable, step, lora=True):
+    run = sweep / name
+    run.mkdir(parents=True)
+    change = {k: retention_tuned[k] - retention_base[k] for k in retention_tuned}
+    results = {
+        "results": {"base": base, ("lora" if lora else "finetuned"): tuned},
+        "retention": {"dataset": "src", "split": "test", "base": retention_base, "tuned": retention_tuned,
+                      "change": change},
+        "trainable_parameters": trainable,
+        "step_time_s": step,
+        "overrides": overrides,
+        "seed": seed,
+    }
+    (run / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    base = _metrics(0.10, 0.20, 0.05)
+    src = _metrics(0.60, 0.70, 0.50)
+    # LoRA: target segm AP 0.50 / 0.60 (mean 0.55, std 0.05); source segm AP 0.68 / 0.66 (change -0.02 / -0.04).
+    _write_run(tmp_path, "a", "seed=0,tuning=lora", 0, base, _metrics(0.40, 0.50, 0.3), src,
+               _metrics(0.58, 0.68, 0.45), 1000, 0.10)
+    _write_run(tmp_path, "b", "seed=1,tuning=lora", 1, base, _metrics(0.50, 0.60, 0.4), src,
+               _metrics(0.56, 0.66, 0.40), 1000, 0.12)
+    # Full fine-tuning: target segm AP 0.70 (gain 0.50 over the base's 0.20), source segm AP 0.50 (change -0.20).
+    _write_run(tmp_path, "c", "seed=0,tuning=full_finetune", 0, base, _metrics(0.60, 0.70, 0.5), src,
+               _metrics(0.40, 0.50, 0.20), 50000, 0.30, lora=False)
+    return tmp_path
+
+
+def test_setup_name_drops_only_the_seed():
+    assert _setup_name("seed=1,tuning=lora_balanced") == "tuning=lora_balanced"
+    assert _setup_name("lora.alpha=4,lora.rank=2,seed=3") == "lora.alpha=4,lora.rank=2"
+    assert _setup_name("lora.targets=[q_proj,v_proj],seed=0") == "lora.targets=[q_proj,v_proj]"
+    assert _setup_name("seed=0") == "(defaults)"
+
+
+def test_seeds_are_averaged_per_setup_with_the_base_first(sweep):
+    rows = aggregate(collect(sweep))
+    assert [r.setup for r in rows] == [BASE, "tuning=lora", "tuning=full_finetune"]
+    base, lora, full = rows
+    assert base.mean["target_segm_AP"] == pytest.approx(0.20) and base.mean["source_change_segm_AP"] == 0.0
+    assert lora.seeds == [0, 1]
+    assert lora.mean["target_segm_AP"] == pytest.approx(0.55) and lora.std["target_segm_AP"] == pytest.approx(0.05)
+    assert lora.mean["source_change_segm_AP"] == pytest.approx(-0.03)
+    assert lora.std["source_change_segm_AP"] == pytest.approx(0.01)
+    assert lora.mean["step_time_s"] == pytest.approx(0.11)
+    assert full.mean["trainable_parameters"] == 50000 and full.std["target_segm_AP"] == 0.0
+    assert full.is_full_finetune and not lora.is_full_finetune
+
+
+def test_report_files_and_findings(sweep):
+    md = write_report(sweep).read_text()
+    # LoRA's segm gain: (0.55 - 0.20) / (0.70 - 0.20) = 70%; bbox: (0.45 - 0.10) / (0.60 - 0.10) = 70%.
+    assert "segm AP gain 70% of full fine-tuning's" in md and "bbox AP gain 70% of full fine-tuning's" in md
+    # Source segm change -0.030 against full fine-tuning's -0.200: less forgetting.
+    assert "source segm AP change -0.030 vs full -0.200 (less forgetting)" in md
+    assert "| tuning=lora | 2 | 0.450 ± 0.050 | 0.550 ± 0.050 | 0.350 ± 0.050 |" in md
+    rows = list(csv.DictReader(open(sweep / "sweep_report.csv")))
+    assert [r["setup"] for r in rows] == [BASE, "tuning=lora", "tuning=full_finetune"]
+    assert math.isclose(float(rows[1]["target_segm_AP_mean"]), 0.55)
+    per_run = list(csv.DictReader(open(sweep / "sweep_report_runs.csv")))
+    assert sorted((r["run"], r["seed"]) for r in per_run) == [("a", "0"), ("b", "1"), ("c", "0")]
+    assert (sweep / "sweep_report.png").stat().st_size > 5000
+
+
+def test_report_command_names_an_empty_sweep(tmp_path):
+    with pytest.raises(SweepReportError, match="no finished run"):
+        collect(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "sam3_lora.report", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0 and "no finished run" in res.stderr
