@@ -13,15 +13,15 @@ there were goes with the figures.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
-import json
 import logging
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
+
+from sam3_lora.evaluation.ground_truth import coco_api, load_dataset, segm_ground_truth
 
 log = logging.getLogger("sam3_lora.evaluation.coco")
 
@@ -95,30 +95,6 @@ def predict(
     return detections
 
 
-def _ground_truth(dataset: dict):
-    from pycocotools.coco import COCO
-
-    gt = COCO()
-    gt.dataset = dataset
-    gt.createIndex()
-    return gt
-
-
-def _segm_ground_truth(dataset: dict) -> Tuple[dict, int]:
-    """The split for segm scoring: annotations without a mask become ignore regions over their
-    box (COCOeval's crowd semantics), since COCOeval needs a mask for every annotation."""
-    dataset = copy.copy(dataset)
-    annotations, unmasked = [], 0
-    for ann in dataset["annotations"]:
-        if ann.get("segmentation") in (None, []):
-            x, y, w, h = ann["bbox"]
-            ann = dict(ann, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], iscrowd=1)
-            unmasked += 1
-        annotations.append(ann)
-    dataset["annotations"] = annotations
-    return dataset, unmasked
-
-
 def coco_evaluate(
     ann_file: str, detections: List[dict], iou_types=("bbox", "segm")
 ) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]], List[str]]:
@@ -133,13 +109,12 @@ def coco_evaluate(
     metrics: Dict[str, float] = {}
     per_category: Dict[str, Dict[str, float]] = {}
     notes: List[str] = []
-    with open(ann_file) as f:
-        dataset = json.load(f)
+    dataset = load_dataset(ann_file)
     with contextlib.redirect_stdout(io.StringIO()):
-        gts = {"bbox": _ground_truth(dataset)}
+        gts = {"bbox": coco_api(dataset)}
         if "segm" in iou_types:
-            segm_dataset, unmasked = _segm_ground_truth(dataset)
-            gts["segm"] = _ground_truth(segm_dataset) if unmasked else gts["bbox"]
+            segm_dataset, unmasked = segm_ground_truth(dataset)
+            gts["segm"] = coco_api(segm_dataset) if unmasked else gts["bbox"]
             if unmasked:
                 notes.append(
                     f"segm: {unmasked} of {len(dataset['annotations'])} annotations in {ann_file} have no mask; "
