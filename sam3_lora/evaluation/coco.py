@@ -8,6 +8,9 @@ Annotations without a mask (box-only data, or a segmentation the validator remov
 count fully for bbox AP; for segm AP their box is an ignore region (as COCO treats
 crowds): a detection there neither counts nor costs, and the note saying how many
 there were goes with the figures.
+
+:class:`Evaluator` (training's periodic and final evaluation) scores the same detections
+with the SA-Co metrics too (``saco.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from sam3_lora.evaluation.ground_truth import coco_api, load_dataset, segm_ground_truth
+from sam3_lora.evaluation.saco import saco_evaluate
 
 log = logging.getLogger("sam3_lora.evaluation.coco")
 
@@ -149,12 +153,20 @@ def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm
 
 @dataclass
 class Evaluator:
-    """COCO AP of the model on one split."""
+    """COCO AP and SA-Co metrics (IL_MCC, pmF1, cgF1; see :mod:`sam3_lora.evaluation.saco`) of the
+    model on one split, from one prediction pass."""
 
     ann_file: str
     loader: torch.utils.data.DataLoader
     max_dets: int = 100
 
-    def __call__(self, model: nn.Module, device: torch.device, autocast=None) -> Dict[str, float]:
+    def __call__(
+        self, model: nn.Module, device: torch.device, autocast=None, score_threshold: Optional[float] = None
+    ) -> Dict[str, float]:
+        """The flat metrics: COCO's ``bbox/AP``, ... and SA-Co's ``saco/threshold``, ``saco/IL_MCC``,
+        ``bbox/pmF1``, ``bbox/cgF1``, ``segm/pmF1``, ``segm/cgF1``. ``score_threshold`` None: the
+        SA-Co threshold is chosen on this same split (and reported in ``saco/threshold``)."""
         detections = predict(model, self.loader, device, self.max_dets, autocast)
-        return coco_metrics(self.ann_file, detections)
+        metrics = coco_metrics(self.ann_file, detections)
+        metrics.update(saco_evaluate(self.ann_file, detections, score_threshold).metrics)
+        return metrics
