@@ -3,6 +3,8 @@
 Steps: prepare and validate the data; build the model (base weights loaded); score
 the frozen base on the held-out split; inject LoRA; train with periodic evaluation
 and checkpoints; score the best adapter on the held-out split; print the comparison.
+Scores are COCO AP and the SA-Co metrics; each model's SA-Co score threshold is chosen on
+``valid`` (the base: scored on valid first; the tuned model: at its best validation).
 Everything lands in the run directory (``outputs/<date>/<time>`` by default).
 """
 
@@ -28,6 +30,7 @@ from sam3_lora.data import toy
 from sam3_lora.data.coco import build_dataset, build_loader
 from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
+from sam3_lora.evaluation import saco
 from sam3_lora.evaluation.coco import Evaluator
 from sam3_lora.hf.model_card import DatasetFacts, run_card
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
@@ -147,13 +150,21 @@ def _run(
         ds = build_dataset(split, image_size, training=False, category_chunk_size=dataset.eval_category_chunk)
         return Evaluator(split.ann_file, build_loader(ds, tcfg.batch_size, False, tcfg.num_workers), tcfg.max_dets)
 
+    def threshold_on_valid(m, dev, autocast=None) -> Optional[float]:
+        """The SA-Co score threshold chosen on valid for ``m``; None (chosen on the scored split
+        itself) when valid is the held-out split or absent."""
+        if splits.valid is None or heldout_name == "valid":
+            return None
+        return evaluator(splits.valid)(m, dev, autocast)[saco.THRESHOLD_KEY]
+
     results: Dict[str, Dict[str, float]] = {}
     base_file = run_dir / layout.BASE_METRICS
     if cfg.final_eval.compare_base and heldout is not None and info.is_main:
         if base_file.is_file():  # a resumed run: the base was scored before training started
             results["base"] = json.loads(base_file.read_text())
         else:
-            results["base"] = evaluator(heldout)(model.to(device), device)
+            model.to(device)
+            results["base"] = evaluator(heldout)(model, device, score_threshold=threshold_on_valid(model, device))
             base_file.write_text(json.dumps(results["base"]))
 
     if cfg.lora:
@@ -219,11 +230,23 @@ def _run(
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
 
+    notes = []
     if heldout is not None:
         best = run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
+        threshold = None
         if best.is_file():
-            ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
-        results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
+            state = ckpt.load(best)
+            ckpt.load_trainable_state(model, state["trainable"], best)
+            # best.pt is written right after the evaluation that made it the best: its last entry
+            threshold = (state.get("history") or [{}])[-1].get(saco.THRESHOLD_KEY)
+        tuned_source = "recorded at its best validation evaluation"
+        if threshold is None:  # no validation recorded one (no valid split, or an older checkpoint)
+            threshold = threshold_on_valid(model, trainer.device, trainer.autocast())
+            tuned_source = "chosen on valid after training (its checkpoint recorded none)"
+        results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(
+            model, trainer.device, trainer.autocast(), score_threshold=threshold
+        )
+        notes.append(threshold_note(heldout_name, splits.valid is not None, tuned_source))
     ann_files = {name: split.ann_file for name, split in vars(splits).items() if split is not None}
     summary = {
         "heldout_split": heldout_name,
@@ -236,6 +259,7 @@ def _run(
         "world_size": info.world_size,
         "overrides": run_name,
         "dataset": asdict(DatasetFacts.from_annotations(dataset.name, dataset.root, ann_files)),
+        "notes": notes,
     }
     (run_dir / layout.RESULTS).write_text(json.dumps(summary, indent=1))
     run_card(run_dir).write(run_dir / layout.MODEL_CARD)
@@ -245,19 +269,53 @@ def _run(
         "batch": tcfg.batch_size * tcfg.grad_accum * info.world_size,
     }
     final = results.get("lora") or results.get("finetuned") or {}
-    loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
+    loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50", "/cgF1"))})
     loggers.finish()
     log.info("\n%s", results_table(results, heldout_name, run_dir, lora=bool(cfg.lora)))
     return summary
 
 
+def threshold_note(heldout: str, has_valid: bool, tuned_source: str) -> str:
+    """Where the SA-Co score thresholds of the held-out figures were chosen."""
+    if not has_valid:
+        return (
+            f"SA-Co: no valid split: each model's score threshold (saco/threshold) was chosen on the held-out "
+            f"'{heldout}' split itself, so its IL_MCC / pmF1 / cgF1 are optimistic"
+        )
+    if heldout == "valid":
+        return "SA-Co: the held-out split is valid: each model's score threshold (saco/threshold) is chosen on it"
+    return (
+        "SA-Co: each model's score threshold (saco/threshold) was chosen on 'valid' (the base's: scored on valid "
+        f"first; the tuned model's: {tuned_source}), then used on '{heldout}'"
+    )
+
+
+# The columns of the final comparison: (header, metric key).
+RESULT_COLUMNS = (
+    ("bbox AP", "bbox/AP"),
+    ("bbox AP50", "bbox/AP50"),
+    ("segm AP", "segm/AP"),
+    ("segm AP50", "segm/AP50"),
+    ("segm cgF1", "segm/cgF1"),
+    ("IL_MCC", "saco/IL_MCC"),
+    ("segm pmF1", "segm/pmF1"),
+)
+
+
 def results_table(results: Dict[str, Dict[str, float]], split: str, run_dir: Path, lora: bool = True) -> str:
-    lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
+    """The held-out comparison, one row per model; '-' where a figure is undefined (-1) or was not
+    recorded (a base scored by an older version); the SA-Co score threshold last."""
+
+    def cell(m: Dict[str, float], key: str, width: int, digits: int = 3) -> str:
+        v = m.get(key)
+        return f"{'-' if v is None or v == -1 else f'{v:.{digits}f}':>{width}}"
+
+    header = f"{f'held-out {split!r} split':<26}" + "".join(f"{h:>{len(h) + 3}}" for h, _ in RESULT_COLUMNS)
+    lines = [header + f"{'threshold':>12}"]
     labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
     for key, m in results.items():
-        lines.append(
-            f"{labels[key]:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}{m['segm/AP50']:>12.3f}"
-        )
+        row = f"{labels[key]:<26}" + "".join(cell(m, k, len(h) + 3) for h, k in RESULT_COLUMNS)
+        lines.append(row + cell(m, saco.THRESHOLD_KEY, 12, digits=2))
     lines += [
         f"run directory: {run_dir}",
         f"  {'adapter' if lora else 'weights'}: {run_dir / layout.weights_file('best', lora)} "
