@@ -93,9 +93,13 @@ class SacoEvaluation:
 
     ``dataset``: a COCO dataset dict or an annotation file; ``detections``: COCO results as
     :func:`sam3_lora.evaluation.coco.predict` gives them (image_id, category_id, score, bbox
-    xywh, segmentation RLE). Building it computes every IoU once (both IoU types)."""
+    xywh, segmentation RLE). Building it computes every IoU once (both IoU types).
 
-    def __init__(self, dataset: Union[str, dict], detections: Sequence[dict]):
+    ``min_score``: the lowest threshold it will be scored at; detections below it never count,
+    so they are dropped up front (sam3 keeps up to ``max_dets`` detections per pair however low
+    they score: most of them)."""
+
+    def __init__(self, dataset: Union[str, dict], detections: Sequence[dict], min_score: float = THRESHOLDS[0]):
         from sam3.eval.cgf1_eval import CGF1Eval
 
         dataset = load_dataset(dataset)
@@ -105,7 +109,8 @@ class SacoEvaluation:
         self.num_annotations = len(annotations)
         self.unmasked = sum(not has_mask(a) for a in annotations)
         segm_annotations = segm_ground_truth({"annotations": annotations})[0]["annotations"]
-        results = _rekeyed(detections, pair_of, "detection", renumber=True)
+        self.min_score = min_score
+        results = [d for d in _rekeyed(detections, pair_of, "detection", renumber=True) if d["score"] >= min_score]
         self._evals = {}
         self._scored_at: Dict[str, float] = {}
         for iou_type, gts in (("bbox", annotations), ("segm", segm_annotations)):
@@ -134,6 +139,8 @@ class SacoEvaluation:
 
     def _matched_at(self, iou_type: str, threshold: float):
         """The evaluator with every pair matched at ``threshold`` (the IoUs are reused)."""
+        if threshold < self.min_score:
+            raise ValueError(f"score threshold {threshold} is below min_score {self.min_score}: build with a lower one")
         ev = self._evals[iou_type]
         if self._scored_at[iou_type] != threshold:
             ev.threshold = threshold
@@ -207,16 +214,17 @@ def saco_evaluate(
 ) -> SacoResult:
     """SA-Co metrics of ``detections`` on ``dataset`` at ``score_threshold``, or at the threshold
     chosen on these same detections when it is None (:meth:`SacoEvaluation.choose_threshold`)."""
-    ev = SacoEvaluation(dataset, detections)
-    threshold = ev.choose_threshold() if score_threshold is None else score_threshold
-    return ev.score(threshold)
+    if score_threshold is None:
+        ev = SacoEvaluation(dataset, detections)
+        return ev.score(ev.choose_threshold())
+    return SacoEvaluation(dataset, detections, min_score=score_threshold).score(score_threshold)
 
 
 def choose_threshold(
     dataset: Union[str, dict], detections: Sequence[dict], grid: Sequence[float] = THRESHOLDS
 ) -> float:
     """The score threshold maximising cgF1 of ``detections`` on ``dataset`` (see the module doc)."""
-    return SacoEvaluation(dataset, detections).choose_threshold(grid)
+    return SacoEvaluation(dataset, detections, min_score=min(grid)).choose_threshold(grid)
 
 
 def _pairs(dataset: dict) -> Tuple[List[dict], Dict[Tuple[int, int], int], Dict[int, List[int]]]:
