@@ -3,6 +3,8 @@
 Steps: prepare and validate the data; build the model (base weights loaded); score
 the frozen base on the held-out split; inject LoRA; train with periodic evaluation
 and checkpoints; score the best adapter on the held-out split; print the comparison.
+Scores are COCO AP and the SA-Co metrics; each model's SA-Co score threshold is chosen on
+``valid`` (the base: scored on valid first; the tuned model: at its best validation).
 Everything lands in the run directory (``outputs/<date>/<time>`` by default).
 """
 
@@ -24,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device, seed_everything
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.data import toy
 from sam3_lora.data.coco import build_dataset, build_loader
 from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.validate import cleaned_path, validate_and_clean
+from sam3_lora.evaluation import saco
 from sam3_lora.evaluation.coco import Evaluator
 from sam3_lora.hf.model_card import DatasetFacts, run_card
 from sam3_lora.lora import count_trainable, inject_lora, parameter_summary, save_adapter
@@ -65,9 +67,8 @@ def prepare_data(
     ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data
     already; take its cleaned copies where it wrote any, without reading every image again.
     """
-    if dataset.generate is not None and validate:
-        g = dataset.generate
-        toy.ensure(dataset.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
+    if validate:
+        dataset.ensure_generated()
     out: Dict[str, Optional[Split]] = {}
     for name in SPLIT_NAMES:
         spec = dataset.split(name)
@@ -159,22 +160,37 @@ def _run(
         ds = build_dataset(split, image_size, training=False, category_chunk_size=dataset.eval_category_chunk)
         return Evaluator(split.ann_file, build_loader(ds, tcfg.batch_size, False, tcfg.num_workers), tcfg.max_dets)
 
+    def threshold_on_valid(m, dev, autocast=None, of: Splits = splits, scored: str = heldout_name) -> Optional[float]:
+        """The SA-Co score threshold chosen on valid (of ``of``) for ``m``; None (chosen on the scored
+        split itself) when valid is the scored split or absent."""
+        if of.valid is None or scored == "valid":
+            return None
+        return evaluator(of.valid)(m, dev, autocast)[saco.THRESHOLD_KEY]
+
+    def score_retention(m, dev, autocast=None) -> Dict[str, float]:
+        """The retention dataset's held-out split, at the threshold chosen on its own valid split."""
+        threshold = threshold_on_valid(m, dev, autocast, of=retention_splits, scored=retention_split_name)
+        return evaluator(retention_split)(m, dev, autocast, score_threshold=threshold)
+
     results: Dict[str, Dict[str, float]] = {}
     base_file = run_dir / layout.BASE_METRICS
-    if cfg.final_eval.compare_base and heldout is not None and info.is_main:
-        if base_file.is_file():  # a resumed run: the base was scored before training started
-            results["base"] = json.loads(base_file.read_text())
-        else:
-            results["base"] = evaluator(heldout)(model.to(device), device)
-            base_file.write_text(json.dumps(results["base"]))
     retention_base_file = run_dir / layout.RETENTION_BASE_METRICS
     if retention_splits is not None:
         retention_split_name, retention_split = retention_splits.heldout()
         if retention_split is None:
             raise PreflightError(f"retention dataset '{retention.name}' has neither a test nor a valid split")
-        if not retention_base_file.is_file():  # a resumed run scored it before training started
-            base_score = evaluator(retention_split)(model.to(device), device)
-            retention_base_file.write_text(json.dumps(base_score))
+    # Scoring the base draws from torch's random stream (the loaders' seeds): forked, so LoRA's
+    # initialisation and the training order are the same whether or not the base is scored.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if cfg.final_eval.compare_base and heldout is not None and info.is_main:
+            if base_file.is_file():  # a resumed run: the base was scored before training started
+                results["base"] = json.loads(base_file.read_text())
+            else:
+                model.to(device)
+                results["base"] = evaluator(heldout)(model, device, score_threshold=threshold_on_valid(model, device))
+                base_file.write_text(json.dumps(results["base"]))
+        if retention_splits is not None and not retention_base_file.is_file():  # a resumed run scored it already
+            retention_base_file.write_text(json.dumps(score_retention(model.to(device), device)))
 
     if cfg.lora:
         report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
@@ -239,14 +255,26 @@ def _run(
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
 
+    notes = []
     if heldout is not None:
         best = run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
+        threshold = None
         if best.is_file():
-            ckpt.load_trainable_state(model, ckpt.load(best)["trainable"], best)
-        results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(model, trainer.device, trainer.autocast())
+            state = ckpt.load(best)
+            ckpt.load_trainable_state(model, state["trainable"], best)
+            # best.pt is written right after the evaluation that made it the best: its last entry
+            threshold = (state.get("history") or [{}])[-1].get(saco.THRESHOLD_KEY)
+        tuned_source = "recorded at its best validation evaluation"
+        if threshold is None:  # no validation recorded one (no valid split, or an older checkpoint)
+            threshold = threshold_on_valid(model, trainer.device, trainer.autocast())
+            tuned_source = "chosen on valid after training (its checkpoint recorded none)"
+        results["lora" if cfg.lora else "finetuned"] = evaluator(heldout)(
+            model, trainer.device, trainer.autocast(), score_threshold=threshold
+        )
+        notes.append(threshold_note(heldout_name, splits.valid is not None, tuned_source))
     retained = None
     if retention_splits is not None:
-        tuned_score = evaluator(retention_split)(model, trainer.device, trainer.autocast())
+        tuned_score = score_retention(model, trainer.device, trainer.autocast())
         retained = retention_summary(
             retention.name, retention_split_name, json.loads(retention_base_file.read_text()), tuned_score
         )
@@ -266,6 +294,7 @@ def _run(
         "seed": cfg.seed,
         "step_time_s": fit["step_time_s"],
         "dataset": asdict(DatasetFacts.from_annotations(dataset.name, dataset.root, ann_files)),
+        "notes": notes,
     }
     if retained is not None:
         summary["retention"] = retained
@@ -277,7 +306,7 @@ def _run(
         "batch": tcfg.batch_size * tcfg.grad_accum * info.world_size,
     }
     final = results.get("lora") or results.get("finetuned") or {}
-    loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50"))})
+    loggers.log_hparams(hparams, {f"hparam/{k}": v for k, v in final.items() if k.endswith(("/AP", "/AP50", "/cgF1"))})
     loggers.finish()
     log.info("\n%s", results_table(results, heldout_name, run_dir, lora=bool(cfg.lora), retention=retained))
     return summary
@@ -290,23 +319,64 @@ def retention_summary(name: str, split: str, base: Dict[str, float], tuned: Dict
     return {"dataset": name, "split": split, "base": base, "tuned": tuned, "change": change}
 
 
+def threshold_note(heldout: str, has_valid: bool, tuned_source: str) -> str:
+    """Where the SA-Co score thresholds of the held-out figures were chosen."""
+    if not has_valid:
+        return (
+            f"SA-Co: no valid split: each model's score threshold (saco/threshold) was chosen on the held-out "
+            f"'{heldout}' split itself, so its IL_MCC / pmF1 / cgF1 are optimistic"
+        )
+    if heldout == "valid":
+        return "SA-Co: the held-out split is valid: each model's score threshold (saco/threshold) is chosen on it"
+    return (
+        "SA-Co: each model's score threshold (saco/threshold) was chosen on 'valid' (the base's: scored on valid "
+        f"first; the tuned model's: {tuned_source}), then used on '{heldout}'"
+    )
+
+
+# The columns of the final comparison: (header, metric key).
+RESULT_COLUMNS = (
+    ("bbox AP", "bbox/AP"),
+    ("bbox AP50", "bbox/AP50"),
+    ("segm AP", "segm/AP"),
+    ("segm AP50", "segm/AP50"),
+    ("segm cgF1", "segm/cgF1"),
+    ("IL_MCC", "saco/IL_MCC"),
+    ("segm pmF1", "segm/pmF1"),
+)
+
+
 def results_table(
     results: Dict[str, Dict[str, float]], split: str, run_dir: Path, lora: bool = True, retention: Optional[Dict] = None
 ) -> str:
-    def row(label: str, m: Dict[str, float]) -> str:
-        return f"{label:<26}{m['bbox/AP']:>9.3f}{m['bbox/AP50']:>12.3f}{m['segm/AP']:>10.3f}{m['segm/AP50']:>12.3f}"
+    """The held-out comparison, one row per model; '-' where a figure is undefined (-1) or was not
+    recorded (a base scored by an older version); the SA-Co score threshold last. With ``retention``,
+    the retention dataset's base, tuned and change rows below."""
 
-    lines = [f"held-out '{split}' split      bbox AP   bbox AP50   segm AP   segm AP50"]
+    def cell(m: Dict[str, float], key: str, width: int, digits: int = 3) -> str:
+        v = m.get(key)
+        return f"{'-' if v is None or v == -1 else f'{v:.{digits}f}':>{width}}"
+
+    header = f"{f'held-out {split!r} split':<26}" + "".join(f"{h:>{len(h) + 3}}" for h, _ in RESULT_COLUMNS)
+    lines = [header + f"{'threshold':>12}"]
     labels = {"base": "frozen base", "lora": "LoRA (best)", "finetuned": "fine-tuned (best)"}
+
+    def row(label: str, m: Dict[str, float]) -> str:
+        return f"{label:<26}" + "".join(cell(m, k, len(h) + 3) for h, k in RESULT_COLUMNS)
+
     for key, m in results.items():
-        lines.append(row(labels[key], m))
+        lines.append(row(labels[key], m) + cell(m, saco.THRESHOLD_KEY, 12, digits=2))
     if retention is not None:
-        tuned = "LoRA (best)" if lora else "fine-tuned (best)"
+        change = retention["change"]
         lines += [
-            f"retention: '{retention['dataset']}' {retention['split']} split",
-            row("frozen base", retention["base"]),
-            row(tuned, retention["tuned"]),
-            row("change", {k: retention["change"].get(k, float("nan")) for k in retention["tuned"]}),
+            f"retention: '{retention['dataset']}' {retention['split']} split (change: tuned - base)",
+            row("frozen base", retention["base"]) + cell(retention["base"], saco.THRESHOLD_KEY, 12, digits=2),
+            row(labels["lora" if lora else "finetuned"], retention["tuned"])
+            + cell(retention["tuned"], saco.THRESHOLD_KEY, 12, digits=2),
+            f"{'change':<26}"
+            + "".join(
+                f"{'-' if change.get(k) is None else f'{change[k]:+.3f}':>{len(h) + 3}}" for h, k in RESULT_COLUMNS
+            ),
         ]
     lines += [
         f"run directory: {run_dir}",

@@ -28,8 +28,13 @@ def _write_run(sweep, name, overrides, seed, base, tuned, retention_base, retent
     change = {k: retention_tuned[k] - retention_base[k] for k in retention_tuned}
     results = {
         "results": {"base": base, ("lora" if lora else "finetuned"): tuned},
-        "retention": {"dataset": "src", "split": "test", "base": retention_base, "tuned": retention_tuned,
-                      "change": change},
+        "retention": {
+            "dataset": "src",
+            "split": "test",
+            "base": retention_base,
+            "tuned": retention_tuned,
+            "change": change,
+        },
         "trainable_parameters": trainable,
         "step_time_s": step,
         "overrides": overrides,
@@ -43,13 +48,44 @@ def sweep(tmp_path):
     base = _metrics(0.10, 0.20, 0.05)
     src = _metrics(0.60, 0.70, 0.50)
     # LoRA: target segm AP 0.50 / 0.60 (mean 0.55, std 0.05); source segm AP 0.68 / 0.66 (change -0.02 / -0.04).
-    _write_run(tmp_path, "a", "seed=0,tuning=lora", 0, base, _metrics(0.40, 0.50, 0.3), src,
-               _metrics(0.58, 0.68, 0.45), 1000, 0.10)
-    _write_run(tmp_path, "b", "seed=1,tuning=lora", 1, base, _metrics(0.50, 0.60, 0.4), src,
-               _metrics(0.56, 0.66, 0.40), 1000, 0.12)
+    _write_run(
+        tmp_path,
+        "a",
+        "seed=0,tuning=lora",
+        0,
+        base,
+        _metrics(0.40, 0.50, 0.3),
+        src,
+        _metrics(0.58, 0.68, 0.45),
+        1000,
+        0.10,
+    )
+    _write_run(
+        tmp_path,
+        "b",
+        "seed=1,tuning=lora",
+        1,
+        base,
+        _metrics(0.50, 0.60, 0.4),
+        src,
+        _metrics(0.56, 0.66, 0.40),
+        1000,
+        0.12,
+    )
     # Full fine-tuning: target segm AP 0.70 (gain 0.50 over the base's 0.20), source segm AP 0.50 (change -0.20).
-    _write_run(tmp_path, "c", "seed=0,tuning=full_finetune", 0, base, _metrics(0.60, 0.70, 0.5), src,
-               _metrics(0.40, 0.50, 0.20), 50000, 0.30, lora=False)
+    _write_run(
+        tmp_path,
+        "c",
+        "seed=0,tuning=full_finetune",
+        0,
+        base,
+        _metrics(0.60, 0.70, 0.5),
+        src,
+        _metrics(0.40, 0.50, 0.20),
+        50000,
+        0.30,
+        lora=False,
+    )
     return tmp_path
 
 

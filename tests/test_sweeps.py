@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from conftest import CONF_DIR, tiny_run_overrides, train_in_process
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from wandb_records import read_records
-
 
 
 def _env():

@@ -84,6 +84,14 @@ class DatasetConfig:
         if isinstance(self.generate, Mapping):
             self.generate = _build(ToySpec, self.generate, "dataset.generate")
 
+    def ensure_generated(self) -> None:
+        """Write the toy data on first use when this dataset is generated (``generate`` set)."""
+        if self.generate is not None:
+            from sam3_lora.data import toy
+
+            g = self.generate
+            toy.ensure(self.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
+
     def split(self, name: str) -> Optional[Split]:
         """The split called ``name`` when it is configured, else None."""
         return getattr(self, name) if name in SPLIT_NAMES else None

@@ -8,20 +8,24 @@ Annotations without a mask (box-only data, or a segmentation the validator remov
 count fully for bbox AP; for segm AP their box is an ignore region (as COCO treats
 crowds): a detection there neither counts nor costs, and the note saying how many
 there were goes with the figures.
+
+:class:`Evaluator` (training's periodic and final evaluation) scores the same detections
+with the SA-Co metrics too (``saco.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
-import json
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from sam3_lora.evaluation.ground_truth import coco_api, load_dataset, segm_ground_truth
+from sam3_lora.evaluation.saco import saco_evaluate
 
 log = logging.getLogger("sam3_lora.evaluation.coco")
 
@@ -95,30 +99,6 @@ def predict(
     return detections
 
 
-def _ground_truth(dataset: dict):
-    from pycocotools.coco import COCO
-
-    gt = COCO()
-    gt.dataset = dataset
-    gt.createIndex()
-    return gt
-
-
-def _segm_ground_truth(dataset: dict) -> Tuple[dict, int]:
-    """The split for segm scoring: annotations without a mask become ignore regions over their
-    box (COCOeval's crowd semantics), since COCOeval needs a mask for every annotation."""
-    dataset = copy.copy(dataset)
-    annotations, unmasked = [], 0
-    for ann in dataset["annotations"]:
-        if ann.get("segmentation") in (None, []):
-            x, y, w, h = ann["bbox"]
-            ann = dict(ann, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]], iscrowd=1)
-            unmasked += 1
-        annotations.append(ann)
-    dataset["annotations"] = annotations
-    return dataset, unmasked
-
-
 def coco_evaluate(
     ann_file: str, detections: List[dict], iou_types=("bbox", "segm")
 ) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]], List[str]]:
@@ -133,13 +113,12 @@ def coco_evaluate(
     metrics: Dict[str, float] = {}
     per_category: Dict[str, Dict[str, float]] = {}
     notes: List[str] = []
-    with open(ann_file) as f:
-        dataset = json.load(f)
+    dataset = load_dataset(ann_file)
     with contextlib.redirect_stdout(io.StringIO()):
-        gts = {"bbox": _ground_truth(dataset)}
+        gts = {"bbox": coco_api(dataset)}
         if "segm" in iou_types:
-            segm_dataset, unmasked = _segm_ground_truth(dataset)
-            gts["segm"] = _ground_truth(segm_dataset) if unmasked else gts["bbox"]
+            segm_dataset, unmasked = segm_ground_truth(dataset)
+            gts["segm"] = coco_api(segm_dataset) if unmasked else gts["bbox"]
             if unmasked:
                 notes.append(
                     f"segm: {unmasked} of {len(dataset['annotations'])} annotations in {ann_file} have no mask; "
@@ -174,12 +153,20 @@ def coco_metrics(ann_file: str, detections: List[dict], iou_types=("bbox", "segm
 
 @dataclass
 class Evaluator:
-    """COCO AP of the model on one split."""
+    """COCO AP and SA-Co metrics (IL_MCC, pmF1, cgF1; see :mod:`sam3_lora.evaluation.saco`) of the
+    model on one split, from one prediction pass."""
 
     ann_file: str
     loader: torch.utils.data.DataLoader
     max_dets: int = 100
 
-    def __call__(self, model: nn.Module, device: torch.device, autocast=None) -> Dict[str, float]:
+    def __call__(
+        self, model: nn.Module, device: torch.device, autocast=None, score_threshold: Optional[float] = None
+    ) -> Dict[str, float]:
+        """The flat metrics: COCO's ``bbox/AP``, ... and SA-Co's ``saco/threshold``, ``saco/IL_MCC``,
+        ``bbox/pmF1``, ``bbox/cgF1``, ``segm/pmF1``, ``segm/cgF1``. ``score_threshold`` None: the
+        SA-Co threshold is chosen on this same split (and reported in ``saco/threshold``)."""
         detections = predict(model, self.loader, device, self.max_dets, autocast)
-        return coco_metrics(self.ann_file, detections)
+        metrics = coco_metrics(self.ann_file, detections)
+        metrics.update(saco_evaluate(self.ann_file, detections, score_threshold).metrics)
+        return metrics

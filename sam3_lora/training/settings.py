@@ -18,9 +18,11 @@ from omegaconf.errors import OmegaConfBaseException
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig
 from sam3_lora.evaluation.coco import STAT_NAMES
+from sam3_lora.evaluation.saco import SCORE_KEYS
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-BEST_METRICS = tuple(f"{kind}/{stat}" for kind in ("bbox", "segm") for stat in STAT_NAMES)
+# COCOeval's stats, then the SA-Co scores (saco/IL_MCC, bbox/pmF1, bbox/cgF1, segm/pmF1, segm/cgF1).
+BEST_METRICS = tuple(f"{kind}/{stat}" for kind in ("bbox", "segm") for stat in STAT_NAMES) + SCORE_KEYS
 
 
 class ConfigError(UserError, ValueError):

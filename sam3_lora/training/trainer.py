@@ -491,10 +491,12 @@ class Trainer:
         self.pending_best = value if improved else None  # recorded by save() once the best files are written
         self.history.append({"epoch": self.epoch, "step": self.step, **metrics})
         log.info(
-            "eval epoch %d: bbox AP %.4f, segm AP %.4f (best %s %.4f)",
+            "eval epoch %d: bbox AP %.4f, segm AP %.4f, segm cgF1 %.4f at score threshold %.2f (best %s %.4f)",
             self.epoch,
             metrics["bbox/AP"],
             metrics["segm/AP"],
+            metrics["segm/cgF1"],
+            metrics["saco/threshold"],
             self.cfg.best_metric,
             value if improved else self.best,
         )
