@@ -417,7 +417,7 @@ def test_training_run_writes_a_model_card(lora_run):
     results = json.loads((lora_run / "results.json").read_text())
     train = results["dataset"]["splits"]["train"]
     assert f"| train | {train['images']} | {train['annotations']} |" in text
-    assert "Categories (3): circle, square, triangle" in text
+    assert "Categories (5): circle, square, star, cross, triangle" in text  # train's, then valid's absent one
     assert "| rank | 8 |" in text and "| modules_to_save | dot_prod_scoring |" in text
     base, tuned = results["results"]["base"]["segm/AP"], results["results"]["lora"]["segm/AP"]
     assert f"| segm AP | {base:.3f} | {tuned:.3f} | {tuned - base:+.3f} |" in text

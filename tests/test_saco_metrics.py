@@ -23,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sam3_lora import evaluate as evaluate_cmd
+from sam3_lora.data import toy
 from sam3_lora.evaluation.saco import METRIC_KEYS, THRESHOLDS, SacoEvaluation, saco_evaluate
 from sam3_lora.train import results_table
 
@@ -443,7 +444,7 @@ def test_evaluate_reports_sa_co_metrics_with_the_threshold_chosen_on_valid(run_w
     for key in METRIC_KEYS:
         assert out["metrics"][key] == pytest.approx(results["lora"][key], abs=1e-9), key
     for iou_type in ("bbox", "segm"):
-        assert set(out["per_category_saco"][iou_type]) == {"circle", "square", "triangle"}
+        assert set(out["per_category_saco"][iou_type]) == set(toy.CATEGORIES)
         assert set(out["per_category_saco"][iou_type]["circle"]) == {"IL_MCC", "pmF1", "cgF1"}
     text = (run_dir / "eval_test.txt").read_text()
     assert "cgF1" in text and "IL_MCC" in text and f"{out['metrics']['saco/threshold']:.2f}" in text

@@ -48,7 +48,7 @@ def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int
 
 
 def ensure_toy_base(
-    cache_dir, steps: int = 1000, lr: float = 1e-3, batch_size: int = 4, seed: int = 0, train_images: int = 200
+    cache_dir, steps: int = 1500, lr: float = 1e-3, batch_size: int = 4, seed: int = 0, train_images: int = 400
 ) -> Path:
     """The cached checkpoint, trained first if this recipe has not been run on this machine."""
     recipe = _recipe(steps, lr, batch_size, seed, train_images)
@@ -117,11 +117,11 @@ def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch
 def build_toy_base_model(
     name: str = "tiny_toy",
     cache_dir: str = "~/.cache/sam3_lora",
-    steps: int = 1000,
+    steps: int = 1500,
     lr: float = 1e-3,
     batch_size: int = 4,
     seed: int = 0,
-    train_images: int = 200,
+    train_images: int = 400,
     **kwargs,
 ):
     """Entry of ``model=sam3_tiny_toy``: the toy-size SAM3 with the cached toy-pretrained weights."""

@@ -137,6 +137,8 @@ def check_train_config(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
+    for key in sorted(OmegaConf.missing_keys(cfg)):  # ??? in a config: a value only the user can give
+        problems.append(f"{key} is required: set {key}=... on the command line")
     _check_group(cfg, "trainer", _check_trainer, problems)
     _check_group(cfg, "optimizer", _check_optimizer, problems)
     _check_group(cfg, "scheduler", _check_scheduler, problems)
@@ -153,6 +155,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.get("dataset") is not None:
         _check_dataset(cfg.dataset, problems)
     if cfg.get("retention") is not None:
-        _check_dataset(cfg.retention, problems, key="retention")
+        if cfg.retention.get("root") is None:
+            problems.append("retention.root is required: retention.root=/path/to/a/coco/export (Roboflow layout)")
+        else:
+            _check_dataset(cfg.retention, problems, key="retention")
     if problems:
         raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(problems))

@@ -1,0 +1,111 @@
+"""Retention: a second dataset scored before and after tuning; the tuning group; the forgetting sweep's config."""
+
+import json
+
+import pytest
+from conftest import compose_command, compose_train, tiny_run_overrides, train_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sam3_lora import evaluate as evaluate_cmd
+from sam3_lora.data import toy
+from sam3_lora.evaluation.saco import METRIC_KEYS
+from sam3_lora.training.settings import ConfigError, check_train_config
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory):
+    """The base domain: circles, squares, triangles; its held-out splits prompt every concept."""
+    return toy.generate(
+        tmp_path_factory.mktemp("source"), domain="base", seed=4, splits={"train": 0, "valid": 3, "test": 4}
+    )
+
+
+@pytest.fixture(scope="module")
+def retention_run(toy_root, source_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("retention_run")
+    overrides = tiny_run_overrides(
+        toy_root,
+        "retention=coco",
+        f"retention.root={source_root}",
+        "logger=tensorboard",
+        "final_eval.compare_base=true",
+    )
+    return run_dir, train_in_process(overrides, run_dir)
+
+
+def test_retention_scores_base_and_tuned_and_their_change(retention_run):
+    run_dir, summary = retention_run
+    retained = summary["retention"]
+    assert retained["dataset"] == "retention" and retained["split"] == "test"
+    assert set(METRIC_KEYS) <= set(retained["base"]) and set(METRIC_KEYS) <= set(retained["tuned"])
+    for key in ("bbox/AP", "segm/AP", "segm/cgF1", "saco/IL_MCC"):
+        assert retained["change"][key] == pytest.approx(retained["tuned"][key] - retained["base"][key])
+    # The base was scored before training and recorded for a resumed run.
+    assert json.loads((run_dir / "retention_base_metrics.json").read_text()) == retained["base"]
+    # Training moved the model, so the tuned scores are not the base's (the test can fail).
+    assert retained["tuned"] != retained["base"]
+    assert json.loads((run_dir / "results.json").read_text())["retention"] == retained
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"retention/segm/AP", "retention/change/segm/AP", "retention/saco/IL_MCC"} <= tags
+    (event,) = acc.Scalars("retention/change/segm/AP")
+    assert event.value == pytest.approx(retained["change"]["segm/AP"], abs=1e-6)
+
+
+def test_results_table_prints_the_retention_rows(retention_run):
+    from sam3_lora.train import results_table
+
+    run_dir, summary = retention_run
+    text = results_table(summary["results"], "test", run_dir, retention=summary["retention"])
+    assert "retention: 'retention' test split" in text
+    change_row = next(line for line in text.splitlines() if line.startswith("change"))
+    assert f"{summary['retention']['change']['bbox/AP']:+.3f}" in change_row
+
+
+def test_evaluate_scores_a_run_on_a_dataset_given_on_the_command_line(retention_run, source_root):
+    run_dir, summary = retention_run
+    cfg = compose_command("evaluate", run_dir=run_dir, num_workers=0, **{"dataset.root": source_root})
+    out = evaluate_cmd.evaluate(cfg, dataset_given=True)
+    # The run's best adapter on the source domain: what training recorded as retained.
+    for key in ("bbox/AP", "segm/AP", "segm/cgF1", "saco/threshold"):
+        assert out["metrics"][key] == pytest.approx(summary["retention"]["tuned"][key], abs=1e-9), key
+    assert (run_dir / "eval_coco_test.json").is_file()  # named after the dataset, not the run's eval_test
+    assert out["ann_file"].startswith(str(source_root))
+
+
+def test_retention_section_is_checked_like_a_dataset():
+    with pytest.raises(ConfigError, match=r"retention\.root"):
+        check_train_config(compose_train(["retention=coco"]))  # root is ??? (mandatory)
+    with pytest.raises(ConfigError, match=r"retention \(a dataset section\).*dataset\.colour"):
+        check_train_config(compose_train(["retention=coco", "retention.root=/x", "+retention.colour=red"]))
+
+
+@pytest.mark.parametrize(
+    "tuning,lora,lr",
+    [("lora_minimal", "q_proj", 3e-3), ("lora_balanced", "linear1", 3e-3), ("lora_full", "all", 3e-3)],
+)
+def test_tuning_options_set_the_preset_and_its_learning_rate(tuning, lora, lr):
+    cfg = compose_train(["experiment=quickstart", f"tuning={tuning}"])
+    assert lora in cfg.lora.targets and cfg.optimizer.lr == lr
+    # The quick start's own settings stay (the tuning option is applied after the experiment).
+    assert cfg.retention.name == "toy_base" and cfg.model.name == "tiny_toy"
+
+
+def test_full_finetune_trains_every_weight_at_a_lower_rate():
+    cfg = compose_train(["experiment=quickstart", "tuning=full_finetune"])
+    assert not cfg.lora and cfg.optimizer.lr == pytest.approx(3e-4)
+
+
+def test_forgetting_experiment_sweeps_four_setups_times_three_seeds():
+    from hydra import compose, initialize_config_dir
+
+    from sam3_lora.core.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=forgetting"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.tuning.split(",") == ["lora_minimal", "lora_balanced", "lora_full", "full_finetune"]
+    assert params.seed.split(",") == ["0", "1", "2"]
+    assert cfg.hydra.callbacks.sweep_report._target_.endswith("WriteSweepReport")
+    assert cfg.retention.generate.domain == "base" and cfg.dataset.generate.domain == "shifted"
