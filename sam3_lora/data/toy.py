@@ -5,9 +5,11 @@ concepts, some shared:
 
 * ``base`` (the frozen base's own domain): bright filled circles, squares and triangles
   on a dark, plain background;
-* ``shifted`` (the target domain): dark shapes with a light outline on a light, noisy
-  background: circles and squares (shared concepts, new look) and stars and crosses
-  (new concepts); no triangles.
+* ``shifted`` (the target domain): shapes in other colours with a light outline on a
+  noisy, tinted, mid-dark background: circles and squares (shared concepts, new look) and
+  stars and crosses (new concepts); no triangles. Shapes stay brighter than the ground
+  in both domains, so adapting to the new look need not unlearn the old one (a domain of
+  reversed contrast makes every method forget the source completely).
 
 Category ids are the same in every dataset (``CATEGORIES``). A ``train`` split lists only
 its domain's concepts, as a user's own export would; held-out splits (``valid``, ``test``)
@@ -39,7 +41,8 @@ DOMAINS = tuple(DOMAIN_CONCEPTS)
 DEFAULT_SPLITS = {"train": 48, "valid": 16, "test": 16}
 ANNOTATIONS = "_annotations.coco.json"
 # Bump when the generator's output changes, so cached copies are regenerated.
-GENERATOR_VERSION = 3
+# Per domain: the toy base's cache key depends on the base domain's images only.
+GENERATOR_VERSIONS = {"base": 3, "shifted": 4}
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
@@ -85,18 +88,18 @@ def _background(rng: random.Random, size: int, domain: str) -> Image.Image:
         shade = rng.randint(20, 60)
         return Image.new("RGB", (size, size), (shade, shade, shade + 10))
     # Noise from the seeded generator (PIL's effect_noise draws from C rand(), which no seed reaches).
-    sigma = rng.uniform(30, 60)
-    grey = np.random.default_rng(rng.getrandbits(64)).normal(128, sigma, (size, size))
+    sigma = rng.uniform(20, 40)
+    grey = np.random.default_rng(rng.getrandbits(64)).normal(70, sigma, (size, size))
     noise = Image.fromarray(grey.clip(0, 255).astype(np.uint8)).convert("RGB")
-    tint = Image.new("RGB", (size, size), (rng.randint(190, 240), rng.randint(190, 240), rng.randint(170, 220)))
-    return Image.blend(tint, noise, 0.35).filter(ImageFilter.GaussianBlur(0.6))
+    tint = Image.new("RGB", (size, size), (rng.randint(40, 80), rng.randint(60, 100), rng.randint(90, 130)))
+    return Image.blend(tint, noise, 0.5).filter(ImageFilter.GaussianBlur(0.6))
 
 
 # Each category has its own hue per domain (a cue a tiny model picks up quickly); the
 # shifted domain changes hues, contrast and background together.
 PALETTES = {
     "base": {"circle": (230, 80, 60), "square": (80, 220, 90), "triangle": (90, 120, 240)},
-    "shifted": {"circle": (40, 40, 120), "square": (120, 40, 40), "star": (130, 100, 20), "cross": (30, 90, 40)},
+    "shifted": {"circle": (235, 205, 70), "square": (210, 90, 210), "star": (70, 215, 230), "cross": (245, 150, 40)},
 }
 
 
@@ -171,7 +174,7 @@ def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits:
         tmp = folder / f".{ANNOTATIONS}.tmp"
         tmp.write_text(json.dumps(coco))
         os.replace(tmp, folder / ANNOTATIONS)
-    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSION}
+    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSIONS[domain]}
     (root / "toy.json").write_text(json.dumps(stamp))
     return root
 
@@ -180,7 +183,7 @@ def ensure(root, domain: str = "base", seed: int = 0, size: int = 128, splits: D
     """Generate the dataset on first use; reuse it while its parameters are unchanged."""
     root = Path(root)
     splits = splits or DEFAULT_SPLITS
-    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSION}
+    stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSIONS[domain]}
     try:
         if json.loads((root / "toy.json").read_text()) == stamp:
             return root

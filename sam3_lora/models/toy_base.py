@@ -1,4 +1,4 @@
-"""A tiny SAM3 pretrained on the toy ``base`` domain: the frozen base of the quick start.
+"""A small SAM3 pretrained on the toy ``base`` domain: the frozen base of the quick start.
 
 Made by this project, not downloaded: a short full training run of the tiny model on
 synthetic shapes, with the same trainer and loss as everything else. The weights are
@@ -40,7 +40,7 @@ def _recipe(steps: int, lr: float, batch_size: int, seed: int, train_images: int
         "batch_size": batch_size,
         "seed": seed,
         "train_images": train_images,
-        "toy_version": toy.GENERATOR_VERSION,
+        "toy_version": toy.GENERATOR_VERSIONS["base"],
         "model": TOY_SIZE,
         "optimizer": "AdamW(fused)",
         "threads": PRETRAIN_THREADS,  # float sums, so the weights, depend on the thread count
@@ -57,7 +57,11 @@ def ensure_toy_base(
     path = cache_dir / f"toy_base_{key}.pt"
     if path.is_file():
         return path
-    log.info("pretraining the tiny SAM3 on the toy 'base' domain (%d steps; first run only, cached at %s)", steps, path)
+    log.info(
+        "pretraining the toy-size SAM3 on the toy 'base' domain (%d steps, ~10 min on 2 CPU cores; first run only, cached at %s)",
+        steps,
+        path,
+    )
     data = toy.ensure(
         cache_dir / f"toy_base_data_{seed}",
         domain="base",
@@ -70,7 +74,7 @@ def ensure_toy_base(
     # Deliberately on the CPU, on two threads, whatever the machine: the 4M-parameter model is
     # launch-bound on a GPU, and its small matrices gain nothing from many threads (a 16-core GPU
     # machine pretrained at half a 2-core one's speed on 16). Fixed, so the cached base is the same
-    # everywhere (2-core CPU: 1000 steps in ~3 min on two threads, ~4.6 min on one).
+    # everywhere (2-core CPU: the 1500 steps in ~10 min on two threads).
     torch.set_num_threads(PRETRAIN_THREADS)
     try:
         _pretrain(data, path, recipe, steps, lr, batch_size, seed)
