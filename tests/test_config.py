@@ -1,5 +1,6 @@
 """Every config composes and instantiates; the CLI behaves as Hydra users expect."""
 
+import json
 import os
 import subprocess
 import sys
@@ -173,6 +174,8 @@ def test_quickstart_end_to_end_scaled_down(tmp_path):
         "model.train_images=4",
         f"dataset.root={tmp_path / 'data'}",
         "dataset.generate.splits={train: 8, valid: 4, test: 4}",
+        f"retention.root={tmp_path / 'source'}",
+        "retention.generate.splits={train: 0, valid: 3, test: 4}",
         "trainer.max_epochs=1",
         "trainer.num_workers=0",
     )
@@ -190,7 +193,10 @@ def test_quickstart_end_to_end_scaled_down(tmp_path):
         assert (run_dir / name).is_file(), name
     assert "trainable parameters by part" in out
     assert "frozen base" in out and "LoRA (best)" in out and str(run_dir) in out
-    assert "held-out 'test' split" in (run_dir / "training.log").read_text()
+    log = (run_dir / "training.log").read_text()
+    assert "held-out 'test' split" in log and "retention: 'toy_base' test split" in log
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["retention"]["dataset"] == "toy_base" and "segm/cgF1" in results["retention"]["change"]
 
 
 def test_missing_checkpoint_stops_with_instructions(tmp_path):
