@@ -116,7 +116,7 @@ class SetupRow:
 
 
 def aggregate(runs: List[Run]) -> List[SetupRow]:
-    """One row per setup, plus the frozen base first (from the runs' base scores)."""
+    """One row per setup (fewest trainable parameters first), after the frozen base (from the runs' base scores)."""
     rows = []
     bases = [r for r in runs if r.base]
     if bases:
@@ -129,13 +129,17 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
         mean["trainable_parameters"], std["trainable_parameters"] = 0, 0
         mean["step_time_s"], std["step_time_s"] = None, None
         rows.append(SetupRow(BASE, sorted({r.seed for r in bases}, key=str), mean, std))
+    setups = []
     for setup in dict.fromkeys(r.setup for r in runs):
         group = [r for r in runs if r.setup == setup]
         mean, std = {}, {}
         for column in FIGURES:
             mean[column], std[column] = mean_std([r.values[column] for r in group])
-        rows.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std))
-    return rows
+        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std))
+    # Fewest trainable parameters first: LoRA minimal ... full fine-tuning.
+    trainable = [r.mean["trainable_parameters"] for r in setups]
+    order = sorted(range(len(setups)), key=lambda i: (trainable[i] is None, trainable[i] or 0, i))
+    return rows + [setups[i] for i in order]
 
 
 def _pm(m, s, digits=3) -> str:
