@@ -92,7 +92,8 @@ def test_evaluate_scores_a_repaired_copy_and_says_so(data, tmp_path):
         _eval_cfg(model="sam3_tiny", **{"dataset.root": data}, base="true", num_workers=0, output=tmp_path / "eval")
     )
     num_annotations = len(json.loads(original)["annotations"])
-    data_note, segm_note = result["notes"]
+    data_note, segm_note, *saco_notes = result["notes"]
+    assert saco_notes and all(n.startswith("SA-Co") for n in saco_notes)  # where the threshold came from, etc.
     assert data_note.startswith(f"data: scored on a repaired copy of {test_file} (")
     for repair in (
         "bbox partly outside the image (clipped): 1",

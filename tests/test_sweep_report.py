@@ -89,9 +89,10 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def test_setup_name_drops_only_the_seed():
+def test_setup_name_drops_the_seed_and_what_every_run_shares():
     assert _setup_name("seed=1,tuning=lora_balanced") == "tuning=lora_balanced"
     assert _setup_name("lora.alpha=4,lora.rank=2,seed=3") == "lora.alpha=4,lora.rank=2"
+    assert _setup_name("lora.alpha=4,lora.rank=2,seed=3", shared=["lora.alpha=4"]) == "lora.rank=2"
     assert _setup_name("lora.targets=[q_proj,v_proj],seed=0") == "lora.targets=[q_proj,v_proj]"
     assert _setup_name("seed=0") == "(defaults)"
 

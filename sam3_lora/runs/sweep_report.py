@@ -60,9 +60,15 @@ class Run:
     values: Dict[str, Optional[float]] = field(default_factory=dict)
 
 
-def _setup_name(overrides: str) -> str:
-    """``seed=1,tuning=lora_balanced`` -> ``tuning=lora_balanced`` (the seeds of a setup are averaged)."""
-    kept = [part for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part and not part.startswith("seed=")]
+def _override_parts(overrides: str) -> List[str]:
+    """``a=1,b=[x,y],seed=0`` -> ``["a=1", "b=[x,y]", "seed=0"]`` (commas inside values kept)."""
+    return [part for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
+
+
+def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
+    """A run's setup: its overrides without ``seed`` (the seeds of a setup are averaged) and without
+    those every run of the sweep shares (``shared``)."""
+    kept = [p for p in _override_parts(overrides) if not p.startswith("seed=") and p not in shared]
     return ",".join(kept) or "(defaults)"
 
 
@@ -73,7 +79,7 @@ def read_run(results_file: Path) -> Run:
     retention = r.get("retention")
     run = Run(
         path=results_file.parent,
-        setup=_setup_name(r.get("overrides") or ""),
+        setup=r.get("overrides") or "",  # the overrides until collect() names the setup
         seed=r.get("seed"),
         base=results.get("base") or {},
         tuned=tuned,
@@ -89,9 +95,14 @@ def read_run(results_file: Path) -> Run:
 
 
 def collect(sweep_dir: Path) -> List[Run]:
+    """Every finished run, its setup named by the overrides that vary across the sweep."""
     runs = [read_run(p) for p in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"))]
     if not runs:
         raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}")
+    parts = [set(_override_parts(r.setup)) for r in runs]
+    shared = set.intersection(*parts) if len(runs) > 1 else set()
+    for run in runs:
+        run.setup = _setup_name(run.setup, sorted(shared))
     return runs
 
 
