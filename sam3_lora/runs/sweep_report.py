@@ -1,11 +1,11 @@
 """A sweep's runs as one results table: grouped by setup, mean ± std over seeds.
 
-Written at the end of a multirun by :class:`WriteSweepReport` (a Hydra callback that
-``conf/experiment/forgetting.yaml`` and ``rank_sweep.yaml`` name), or by hand with
-``python -m sam3_lora.report multirun/<date>/<time>``.
+Written at the end of every multirun by :class:`WriteSweepReport` (the Hydra callback
+``conf/train.yaml`` names), or by hand with ``python -m sam3_lora.report multirun/<date>/<time>``.
 
-A run's setup is its overrides without ``seed``: the seeds of one setup are averaged
-(population std over the seeds present; one seed gives std 0 and the table says n=1).
+A run's setup is its overrides without ``seed`` and without those every run of the sweep
+shares: the seeds of one setup are averaged (population std over the seeds present; one
+seed gives std 0 and the table says n=1).
 Per setup: the tuned model's held-out (target-domain) COCO AP and cgF1, the change on the
 retention dataset against the frozen base (negative = forgotten), trainable parameters and
 seconds per optimizer step. The frozen base is one more row, from the base scores every run
@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -35,7 +36,7 @@ from sam3_lora.runs import layout
 log = logging.getLogger("sam3_lora.report")
 
 BASE = "frozen base"
-# (column, results key, label): figures averaged per setup.
+# (column, results key): figures averaged per setup.
 TARGET = (("target_bbox_AP", "bbox/AP"), ("target_segm_AP", "segm/AP"), ("target_segm_cgF1", "segm/cgF1"))
 SOURCE = (
     ("source_change_bbox_AP", "bbox/AP"),
@@ -55,7 +56,7 @@ class Run:
     setup: str
     seed: Optional[int]
     base: Dict[str, float]
-    tuned: Dict[str, float]
+    full_finetune: bool  # lora=none: results.json scores a "finetuned" model, not a "lora" one
     retention: Optional[dict]
     values: Dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -82,7 +83,7 @@ def read_run(results_file: Path) -> Run:
         setup=r.get("overrides") or "",  # the overrides until collect() names the setup
         seed=r.get("seed"),
         base=results.get("base") or {},
-        tuned=tuned,
+        full_finetune="finetuned" in results and "lora" not in results,
         retention=retention,
     )
     for column, key in TARGET:
@@ -107,11 +108,11 @@ def collect(sweep_dir: Path) -> List[Run]:
 
 
 def mean_std(values: Sequence[Optional[float]]):
+    """Mean and population std of the recorded values (None and NaN left out); (None, None) if none."""
     xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:
         return None, None
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+    return statistics.fmean(xs), statistics.pstdev(xs)
 
 
 @dataclass
@@ -120,10 +121,7 @@ class SetupRow:
     seeds: List[Optional[int]]
     mean: Dict[str, Optional[float]]
     std: Dict[str, Optional[float]]
-
-    @property
-    def is_full_finetune(self) -> bool:
-        return "lora=none" in self.setup or "full_finetune" in self.setup
+    is_full_finetune: bool = False
 
 
 def aggregate(runs: List[Run]) -> List[SetupRow]:
@@ -146,7 +144,8 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
         mean, std = {}, {}
         for column in FIGURES:
             mean[column], std[column] = mean_std([r.values[column] for r in group])
-        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std))
+        full = all(r.full_finetune for r in group)
+        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full))
     # Fewest trainable parameters first: LoRA minimal ... full fine-tuning.
     trainable = [r.mean["trainable_parameters"] for r in setups]
     order = sorted(range(len(setups)), key=lambda i: (trainable[i] is None, trainable[i] or 0, i))
