@@ -1,6 +1,6 @@
 """``python -m sam3_lora.check [overrides]``: is this machine ready to train?
 
-The seeds' quick-start checks as one command: Python, PyTorch and CUDA, sam3 and its
+What a first run needs, checked by one command: Python, PyTorch and CUDA, sam3 and its
 tokenizer vocabulary, the settings' values, the base checkpoint, the data (present and valid), the checkpoint
 ``trainer.resume`` names (if set), a writable output folder. Takes the same overrides as
 ``sam3_lora.train`` and ends with the command to run. Exit code 0 when training can start,
@@ -13,11 +13,11 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
-from sam3_lora.core.conf import compose_config
-
-Check = Tuple[str, bool, str]  # (what, ok, detail)
+from sam3_lora.data.config import SPLIT_NAMES
+from sam3_lora.pipeline.readiness import Check, base_weights, training_data
+from sam3_lora.pipeline.settings import ConfigError, check_settings, compose
 
 
 def _python() -> Check:
@@ -60,55 +60,25 @@ def _sam3() -> List[Check]:
         return [("sam3", True, version), ("BPE vocabulary", False, str(e))]
 
 
-def _checkpoint(cfg) -> Check:
-    from sam3_lora.models.base_checkpoint import BaseCheckpointError, resolve_checkpoint
+def _data(dataset) -> List[Check]:
+    """The training split (needed), then every split validated as training will (nothing written
+    where the data is: repairs go to a temporary folder)."""
+    import tempfile
 
-    if cfg.model.name != "sam3":
-        return "base checkpoint", True, f"model={cfg.model.name} builds its own weights"
-    if cfg.model.get("random_init"):
-        return "base checkpoint", True, "random_init=true (no weights)"
-    if cfg.model.load_from_hub:
-        return "base checkpoint", True, "downloaded from the hub at start (needs network and a licence)"
-    try:
-        path = Path(resolve_checkpoint(cfg.model.checkpoint_path, False))
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
-        size = sum(f.stat().st_size for f in files if f.is_file()) / 1e9
-        kind = "transformers SAM3 folder, converted on load" if path.is_dir() else "file"
-        return "base checkpoint", True, f"{path} ({kind}, {size:.1f} GB)"
-    except BaseCheckpointError as e:
-        return "base checkpoint", False, str(e)
+    from sam3_lora.data.prepare import prepare_dataset
 
-
-def _data(cfg) -> List[Check]:
-    from hydra.utils import instantiate
-
-    from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig
-    from sam3_lora.data.validate import validate_split
-
-    try:
-        dataset = instantiate(cfg.dataset)
-    except Exception:  # noqa: BLE001 - the settings line says what is wrong with the section
-        dataset = None
-    if not isinstance(dataset, DatasetConfig):
-        return [("data", False, "the dataset section does not build (see the settings line)")]
-    if dataset.generate is not None:
-        return [("data", True, f"toy shapes, generated at {dataset.root} on first use")]
+    needed = training_data(dataset)
+    if dataset.generate is not None or not needed[1]:
+        return [needed]
     checks = []
+    with tempfile.TemporaryDirectory(prefix="sam3_lora_check_") as scratch:
+        prepared = prepare_dataset(dataset, Path(scratch), strict=False)
     for split in SPLIT_NAMES:
-        spec = dataset.split(split)
-        if spec is None:
-            checks.append((f"data: {split}", split != "train", "not configured"))
+        spec, report = dataset.split(split), prepared.reports.get(split)
+        if report is None:
+            where = "not configured" if spec is None else f"{spec.ann_file} not found"
+            checks.append((f"data: {split}", split != "train", f"{where} (optional)"))
             continue
-        if not spec.exists():
-            checks.append(
-                (
-                    f"data: {split}",
-                    split != "train",
-                    f"{spec.ann_file} not found" + (" (needed)" if split == "train" else " (optional)"),
-                )
-            )
-            continue
-        report, _ = validate_split(spec.ann_file, spec.img_folder, check_images=dataset.validate.check_images)
         detail = f"{report.num_images} images, {report.num_annotations} annotations"
         if report.errors:
             detail += "; problems:\n" + report.summary()
@@ -118,12 +88,12 @@ def _data(cfg) -> List[Check]:
     return checks
 
 
-def _resume(cfg) -> List[Check]:
+def _resume(trainer) -> List[Check]:
     """``trainer.resume``: a training checkpoint (or a run directory holding one) that loads."""
     from sam3_lora.core.errors import UserError
     from sam3_lora.training import checkpoint as ckpt
 
-    explicit = cfg.trainer.get("resume")
+    explicit = trainer.resume
     if not explicit:
         return []
     try:
@@ -133,16 +103,6 @@ def _resume(cfg) -> List[Check]:
     except UserError as e:
         return [("trainer.resume", False, str(e))]
     return [("trainer.resume", True, f"{path} (epoch {state.get('epoch')}, step {state.get('step')})")]
-
-
-def _settings(cfg) -> Check:
-    from sam3_lora.training.settings import ConfigError, check_train_config
-
-    try:
-        check_train_config(cfg)
-    except ConfigError as e:
-        return "settings", False, str(e)
-    return "settings", True, "trainer, optimizer, scheduler and lora values valid"
 
 
 def _outputs() -> Check:
@@ -157,10 +117,19 @@ def _outputs() -> Check:
         return "outputs/ writable", False, str(e)
 
 
+def _run_checks(overrides: List[str]) -> List[Check]:
+    """The settings exactly as ``train`` checks them; the files they name only when they are valid."""
+    try:
+        settings = check_settings(compose("train", overrides))
+    except ConfigError as e:
+        return [("settings", False, str(e))]
+    checks = [("settings", True, "every group's values valid"), base_weights(settings.config.model)]
+    return checks + _data(settings.dataset) + _resume(settings.trainer)
+
+
 def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    cfg = compose_config("train", overrides)
-    checks = [_python(), *_torch(), *_sam3(), _settings(cfg), _checkpoint(cfg), *_data(cfg), *_resume(cfg), _outputs()]
+    checks = [_python(), *_torch(), *_sam3(), *_run_checks(overrides), _outputs()]
     for what, ok, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
     ready = all(ok for _, ok, _ in checks)

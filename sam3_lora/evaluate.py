@@ -20,7 +20,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,41 +29,14 @@ from omegaconf import DictConfig
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.data.coco import build_dataset, build_loader
-from sam3_lora.data.config import DatasetConfig, Split
-from sam3_lora.data.validate import ValidationReport, validate_and_clean
+from sam3_lora.data.prepare import MissingSplitError, prepare_dataset
 from sam3_lora.evaluation import saco
-from sam3_lora.evaluation.coco import coco_evaluate, predict
-from sam3_lora.evaluation.saco import SacoEvaluation, saco_evaluate
-from sam3_lora.runs.tuned import load_tuned
+from sam3_lora.evaluation.heldout import HeldoutScorer
+from sam3_lora.pipeline.tuned import load_tuned
 
 log = logging.getLogger("sam3_lora.evaluate")
 
 HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class SplitError(UserError, ValueError):
-    """The requested split is not configured or its annotation file is missing."""
-
-
-def _split(dataset: Optional[DatasetConfig], name: str, clean_dir: Path) -> tuple[Split, ValidationReport]:
-    """The split, validated as training validates it; repaired annotations go to ``clean_dir``."""
-    spec = dataset.split(name) if dataset is not None else None
-    if spec is None or not spec.exists():
-        where = spec.ann_file if spec is not None else f"dataset.{name}"
-        raise SplitError(
-            f"split '{name}' has no annotation file ({where}); pass split=valid or dataset.{name}.ann_file=..."
-        )
-    check_images = dataset.validate.check_images
-    ann_file, report = validate_and_clean(spec.ann_file, spec.img_folder, clean_dir, name, check_images=check_images)
-    return Split(ann_file, spec.img_folder), report
-
-
-def data_notes(report: ValidationReport) -> List[str]:
-    """What the figures rest on, when it is not the annotation file as it stands."""
-    if not report.repaired:
-        return []
-    return [f"data: scored on a repaired copy of {report.ann_file} ({report.repairs()})"]
 
 
 class ThresholdError(UserError, ValueError):
@@ -108,14 +81,6 @@ def table(
     return "\n".join(lines)
 
 
-def _detections(tuned, split: Split, cfg: DictConfig, device) -> List[dict]:
-    dataset = build_dataset(
-        split, tuned.model.image_size, training=False, category_chunk_size=tuned.dataset.eval_category_chunk
-    )
-    loader = build_loader(dataset, cfg.batch_size, False, cfg.num_workers)
-    return predict(tuned.model.to(device), loader, device, cfg.max_dets)
-
-
 def _given_threshold(cfg: DictConfig) -> Optional[float]:
     value = cfg.get("score_threshold")
     if value is None:
@@ -127,70 +92,40 @@ def _given_threshold(cfg: DictConfig) -> Optional[float]:
     return float(value)
 
 
-def score_threshold(
-    cfg: DictConfig, tuned, device, clean_dir: Path
-) -> Tuple[Optional[float], Optional[str], List[str]]:
-    """The SA-Co score threshold for ``cfg.split``: ``(threshold, chosen_on, notes)``. As given
-    (chosen_on None); else chosen on the dataset's valid split for this model (one prediction pass
-    on valid); None (chosen on the scored split itself) when that is valid or there is no valid split."""
-    given = _given_threshold(cfg)
-    if given is not None:
-        return given, None, []
-    if cfg.split == "valid":
-        return None, "valid", ["SA-Co: split=valid: the score threshold is chosen on the split it scores"]
-    spec = tuned.dataset.split("valid") if tuned.dataset is not None else None
-    if spec is None or not spec.exists():
-        return (
-            None,
-            cfg.split,
-            [
-                f"SA-Co: no valid split: the score threshold was chosen on '{cfg.split}' itself, so IL_MCC / pmF1 / "
-                "cgF1 are optimistic (pass score_threshold= to fix one)"
-            ],
-        )
-    valid, report = _split(tuned.dataset, "valid", clean_dir)
-    threshold = SacoEvaluation(valid.ann_file, _detections(tuned, valid, cfg, device)).choose_threshold()
-    notes = [f"SA-Co: score threshold chosen on 'valid' ({report.ann_file}, {report.num_images} images) for this model"]
-    if report.repaired:
-        notes.append(f"data (valid): the threshold was chosen on a repaired copy of it ({report.repairs()})")
-    return threshold, "valid", notes
-
-
 def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
     """``dataset_given``: the command line set ``dataset`` (a run scored on another dataset, say its
     source domain): it replaces the run's own, and the files are named after it."""
-    _given_threshold(cfg)  # a bad value stops before anything is built
+    given = _given_threshold(cfg)  # a bad value stops before anything is built
     tuned = load_tuned(cfg, dataset_given=dataset_given)
-    if tuned.dataset is not None:
-        tuned.dataset.ensure_generated()
+    if tuned.dataset is None:
+        raise MissingSplitError("no dataset to score: pass run_dir=<a training run> or dataset.root=/path/to/export")
+    device = resolve_device(cfg.device)
+    splits = (cfg.split,) if given is not None or cfg.split == "valid" else (cfg.split, "valid")
     with tempfile.TemporaryDirectory(prefix="sam3_lora_eval_") as clean_dir:
-        split, report = _split(tuned.dataset, cfg.split, Path(clean_dir))
-        device = resolve_device(cfg.device)
-        threshold, chosen_on, threshold_notes = score_threshold(cfg, tuned, device, Path(clean_dir))
-        detections = _detections(tuned, split, cfg, device)
-        metrics, per_category, eval_notes = coco_evaluate(split.ann_file, detections)
-        sa_co = saco_evaluate(split.ann_file, detections, threshold)
-    metrics.update(sa_co.metrics)
-    notes = data_notes(report) + eval_notes + sa_co.notes + threshold_notes
+        data = prepare_dataset(tuned.dataset, Path(clean_dir), splits=splits)
+        data.require(cfg.split)
+        scorer = HeldoutScorer(data, cfg.split, tuned.model.image_size, cfg.batch_size, cfg.num_workers, cfg.max_dets)
+        held = scorer.score(tuned.model.to(device), device, given=given)
+    score, report = held.score, data.reports[cfg.split]
     result = {
         "model": tuned.describe(),
         "split": cfg.split,
         "ann_file": report.ann_file,
-        "metrics": metrics,
-        "per_category": per_category,
-        "per_category_saco": sa_co.per_category,
-        "score_threshold": {"value": sa_co.threshold, "chosen_on": chosen_on},
-        "num_detections": len(detections),
+        "metrics": score.metrics,
+        "per_category": score.per_category,
+        "per_category_saco": score.per_category_saco,
+        "score_threshold": {"value": score.metrics[saco.THRESHOLD_KEY], "chosen_on": held.threshold_chosen_on},
+        "num_detections": score.num_detections,
         "num_images": report.num_images,
-        "notes": notes,
+        "notes": held.notes,
     }
     out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))
     on = f"{tuned.dataset.name}_" if dataset_given and cfg.run_dir else ""
     stem = f"eval_{on}{cfg.split}{'_base' if tuned.adapter is None else ''}"
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{tuned.describe()} on '{cfg.split}' ({report.ann_file}, {report.num_images} images)"
-    source = "as given" if chosen_on is None else f"chosen on '{chosen_on}'"
-    text = table(title, metrics, per_category, notes, sa_co.per_category, source)
+    source = "as given" if held.threshold_chosen_on is None else f"chosen on '{held.threshold_chosen_on}'"
+    text = table(title, score.metrics, score.per_category, held.notes, score.per_category_saco, source)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{stem}.txt").write_text(text + "\n")
     log.info("\n%s\nwritten: %s", text, out_dir / f"{stem}.json")

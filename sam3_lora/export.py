@@ -30,15 +30,15 @@ from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.hf.config import require_transformers
 from sam3_lora.hf.hub import push_to_hub
-from sam3_lora.hf.keymap import summarise
 from sam3_lora.hf.model_card import STOCK_BASE, RunFacts, export_card
 from sam3_lora.lora import count_trainable
 from sam3_lora.lora.inject import base_weights_fingerprint, merged_state_dict
 from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
 from sam3_lora.models.assembly import measure_size
 from sam3_lora.models.sam3_layout import save_sam3_state
+from sam3_lora.models.transformers_keymap import summarise
+from sam3_lora.pipeline.tuned import Tuned, load_tuned, output_dir
 from sam3_lora.runs import layout
-from sam3_lora.runs.tuned import Tuned, load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.export")
 
@@ -79,7 +79,10 @@ def _check_request(cfg: DictConfig) -> Path:
 
 def _facts(cfg: DictConfig, tuned: Tuned) -> RunFacts:
     if cfg.run_dir:
-        return RunFacts.read(cfg.run_dir)
+        facts = RunFacts.read(cfg.run_dir)
+        if facts.lora is None and tuned.info is not None:  # an unfinished run: the adapter says what it is
+            facts.lora = tuned.info.config
+        return facts
     checkpoint = tuned.model_cfg.get("checkpoint_path")
     return RunFacts(
         model_name=tuned.model_cfg.get("name"),

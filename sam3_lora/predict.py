@@ -25,9 +25,9 @@ from pycocotools import mask as mask_util
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.data.coco import build_transforms, collate
-from sam3_lora.evaluation.coco import predict
-from sam3_lora.runs.tuned import load_tuned, output_dir
+from sam3_lora.data.sam3_dataset import build_transforms, collate
+from sam3_lora.evaluation.detections import predict
+from sam3_lora.pipeline.tuned import load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.predict")
 

@@ -6,8 +6,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sam3_lora.core.conf import CONF_DIR, compose_config  # noqa: E402, F401 - CONF_DIR for tests
+from sam3_lora.core.conf import CONF_DIR  # noqa: E402, F401 - CONF_DIR for tests
 from sam3_lora.models import build_model  # noqa: E402
+from sam3_lora.pipeline.settings import compose  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +27,12 @@ def tiny_model(tiny_base_state):
 
 def compose_command(name, **values):
     """The config of `python -m sam3_lora.<name> key=value ...` (evaluate, predict, export)."""
-    return compose_config(name, [f"{k}={v}" for k, v in values.items()])
+    return compose(name, [f"{k}={v}" for k, v in values.items()])
 
 
 def compose_train(overrides):
     """The training config exactly as `python -m sam3_lora.train <overrides>` composes it."""
-    return compose_config("train", overrides)
+    return compose("train", overrides)
 
 
 @pytest.fixture(scope="session")

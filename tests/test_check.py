@@ -10,7 +10,7 @@ def test_not_ready_without_checkpoint_and_data(capsys, tmp_path, monkeypatch):
     assert main([]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] base checkpoint: SAM3 checkpoint not found" in out
-    assert "[FAIL] data: train: data/train/_annotations.coco.json not found (needed)" in out
+    assert "[FAIL] data: train: No training data at 'data/train/_annotations.coco.json' (needed)" in out
     assert "[ok] Python 3.10-3.12" in out and "CUDA" in out
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from sam3_lora.core.conf import CONF_DIR, compose_config
+from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.data.config import DatasetConfig, Split
 from sam3_lora.lora import LoraConfig
+from sam3_lora.pipeline.settings import compose
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
@@ -32,7 +33,7 @@ ROOT = Path(CONF_DIR).parent
 
 
 def _compose(overrides):
-    return compose_config("train", overrides)
+    return compose("train", overrides)
 
 
 def test_groups_have_the_expected_options():
@@ -107,7 +108,7 @@ def test_every_logger_builds(logger, tmp_path):
 @pytest.mark.parametrize("trainer", GROUPS["trainer"])
 @pytest.mark.parametrize("launcher", GROUPS["launcher"])
 def test_data_trainer_launcher_options_compose(dataset, trainer, launcher):
-    from sam3_lora.training.trainer import TrainerConfig
+    from sam3_lora.training.config import TrainerConfig
 
     cfg = _compose([f"dataset={dataset}", f"trainer={trainer}", f"launcher={launcher}"])
     assert cfg.dataset.train.ann_file.endswith("train/_annotations.coco.json")
@@ -222,8 +223,66 @@ def test_help_lists_every_group_and_its_options():
 
 
 def test_trainer_defaults_are_written_once():
-    from sam3_lora.training.trainer import TrainerConfig
+    from sam3_lora.training.config import TrainerConfig
 
     composed = instantiate(_compose([]).trainer)
-    assert TrainerConfig.from_group() == composed
-    assert TrainerConfig.from_group(batch_size=7).batch_size == 7
+    assert TrainerConfig() == composed
+    assert TrainerConfig(batch_size=7).batch_size == 7
+
+
+SCHEMA_GROUPS = ("model", "lora", "dataset", "retention", "optimizer", "scheduler", "trainer", "logger")
+
+
+@pytest.mark.parametrize("group", SCHEMA_GROUPS)
+def test_every_yaml_key_is_a_field_of_its_schema(group):
+    """YAML holds presets only: each option names its schema, and each key it sets is a field there
+    (composing refuses an undeclared key; this says which)."""
+    import dataclasses
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not raw or (group, path.stem) == ("lora", "none"):
+            continue  # lora=none: full fine-tuning, nothing to type
+        overrides = [f"{group}={path.stem}"] + (["retention.root=/x"] if group == "retention" else [])
+        node = _compose(overrides)[group]
+        schema = OmegaConf.get_type(node)
+        assert dataclasses.is_dataclass(schema), f"{path}: no schema in its defaults list"
+        fields = {f.name for f in dataclasses.fields(schema)}
+        undeclared = [key for key in raw if key != "defaults" and key not in fields]
+        assert not undeclared, f"{path}: {undeclared} are no fields of {schema.__name__}"
+
+
+def test_a_yaml_key_without_a_schema_field_is_refused(tmp_path):
+    import shutil
+
+    from sam3_lora.pipeline.settings import ConfigError, compose
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "trainer" / "typo.yaml").write_text("defaults:\n  - /trainer_schema@_here_\n  - _self_\nmax_epoch: 3\n")
+    from unittest import mock
+
+    with mock.patch("sam3_lora.pipeline.settings.CONF_DIR", str(conf)), pytest.raises(ConfigError, match="max_epoch"):
+        compose("train", ["trainer=typo"])
+
+
+def test_every_setting_is_documented():
+    from sam3_lora.core.schema import documented
+    from sam3_lora.pipeline.settings import SCHEMAS
+
+    undocumented = {name: documented(schema) for name, schema in SCHEMAS.items() if documented(schema)}
+    assert not undocumented, undocumented
+
+
+def test_sweep_points_are_not_named_by_paths_or_machine_settings():
+    from sam3_lora.pipeline.settings import keys_not_in_run_names
+
+    keys = keys_not_in_run_names()
+    expected = {"experiment", "launcher", "logger", "trainer.resume", "trainer.num_workers", "dataset.root"}
+    expected |= {"dataset.generate", "model.checkpoint_path", "model.cache_dir", "retention.root"}
+    expected |= {f"dataset.{s}.{f}" for s in ("train", "valid", "test") for f in ("ann_file", "img_folder")}
+    assert expected <= set(keys), expected - set(keys)
+    assert not {"lora.rank", "optimizer.lr", "tuning", "seed", "trainer.max_epochs"} & set(keys)

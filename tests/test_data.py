@@ -10,9 +10,10 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from sam3_lora.data import toy
-from sam3_lora.data.coco import HardNegativeCocoLoader, Split, build_dataset, build_loader
+from sam3_lora.data.config import Split
+from sam3_lora.data.sam3_dataset import HardNegativeCocoLoader, build_dataset, build_loader
 from sam3_lora.data.validate import FIXES, DataValidationError, validate_and_clean, validate_split
-from sam3_lora.evaluation.coco import coco_evaluate
+from sam3_lora.evaluation.coco_ap import coco_evaluate
 from sam3_lora.train import run
 
 

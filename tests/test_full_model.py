@@ -7,10 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sam3_lora.core.conf import compose_config
 from sam3_lora.lora import count_trainable, inject_lora
 from sam3_lora.models import BaseCheckpointError, build_model
 from sam3_lora.models.base_checkpoint import load_base_checkpoint
+from sam3_lora.pipeline.settings import compose
 
 # Trainable parameters measured on the 840M model, as recorded in the design brief.
 EXPECTED_M = {"minimal": 0.65, "balanced": 5.98, "full": 19.49}
@@ -27,7 +27,7 @@ def test_full_architecture_matches_stock_size(full_sam3):
 
 @pytest.mark.parametrize("preset", list(EXPECTED_M))
 def test_every_preset_fits_the_full_model(full_sam3, preset):
-    cfg = compose_config("train", [f"lora={preset}"])
+    cfg = compose("train", [f"lora={preset}"])
     model = copy.deepcopy(full_sam3)
     report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
     assert count_trainable(model) / 1e6 == pytest.approx(EXPECTED_M[preset], abs=0.01)
@@ -65,7 +65,7 @@ def test_key_map_covers_the_full_architecture(full_sam3):
     """Every tensor of the 840M model has its transformers counterpart (or is named as having none), and the
     converted set is exactly Sam3Model's for the Sam3Config built from the stock size."""
     pytest.importorskip("transformers")
-    from sam3_lora.hf import keymap
+    import sam3_lora.models.transformers_keymap as keymap
     from sam3_lora.hf.config import sam3_config
     from sam3_lora.hf.transformers_model import check_against, empty_sam3_model
     from sam3_lora.models import SIZES

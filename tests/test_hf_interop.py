@@ -21,16 +21,16 @@ from sam3.train.data.collator import collate_fn_api
 from sam3.train.data.sam3_image_dataset import Datapoint, FindQueryLoaded, Image
 from synthetic import _metadata, final_outputs
 
+import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora import export as export_cmd
-from sam3_lora.hf import keymap
-from sam3_lora.hf.checkpoint import TRACKER_REASON
 from sam3_lora.hf.config import VIT_LAYER_NORM_EPS, MissingExtraError, require_transformers, sam3_config
 from sam3_lora.hf.hub import HubUploadError
 from sam3_lora.hf.model_card import STOCK_BASE, ModelCard, RunFacts, export_card
 from sam3_lora.hf.transformers_model import check_against, empty_sam3_model
 from sam3_lora.models import SIZES, BaseCheckpointError, build_model
 from sam3_lora.models.assembly import measure_size
-from sam3_lora.runs.tuned import load_tuned
+from sam3_lora.models.transformers_checkpoint import TRACKER_REASON
+from sam3_lora.pipeline.tuned import load_tuned
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -12,7 +12,7 @@ import pytest
 from conftest import compose_command, tiny_run_overrides, train_in_process
 
 from sam3_lora import evaluate as evaluate_cmd
-from sam3_lora.data.coco import ImageLoadError
+from sam3_lora.data.sam3_dataset import ImageLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
 ANNOTATIONS = "_annotations.coco.json"

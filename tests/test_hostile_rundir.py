@@ -22,14 +22,14 @@ from sam3_lora import check
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
 from sam3_lora import predict as predict_cmd
-from sam3_lora.core.conf import model_builders
 from sam3_lora.core.errors import find_user_error
 from sam3_lora.lora import AdapterError, LoraConfig, inject_lora, load_adapter, read_adapter, save_adapter
 from sam3_lora.lora.inject import base_weights_fingerprint
 from sam3_lora.models import BaseCheckpointError, build_model
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
+from sam3_lora.pipeline.settings import model_builders
+from sam3_lora.pipeline.tuned import RunDirError, load_tuned
 from sam3_lora.predict import PredictError
-from sam3_lora.runs.tuned import RunDirError, load_tuned
 
 COMMANDS = {"evaluate": evaluate_cmd.evaluate, "predict": predict_cmd.run, "export": export_cmd.export}
 

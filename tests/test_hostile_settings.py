@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import compose_train, tiny_run_overrides
 
+from sam3_lora import check
 from sam3_lora.core.errors import UserError
+from sam3_lora.pipeline.settings import ConfigError, check_settings
 from sam3_lora.train import run
 from sam3_lora.training import checkpoint as ckpt
-from sam3_lora.training.settings import ConfigError, check_train_config
 from sam3_lora.training.trainer import DivergedError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,32 +32,38 @@ BAD_SETTINGS = {
     "scheduler.warmup_ratio=1.5": "scheduler.warmup_ratio=1.5: a fraction of the training steps in [0, 1]",
     "trainer.base_dtype=fp8": "trainer.base_dtype='fp8': null (fp32) or bf16",
     "final_eval.split=dev": "final_eval.split='dev': one of train, valid, test",
-    "lora.rank=0": "lora.rank must be a positive integer",
-    "lora.dropout=1.0": "lora.dropout must be in [0, 1)",
+    "lora.rank=0": "lora.rank=0: a positive integer",
+    "lora.dropout=1.0": "lora.dropout=1: in [0, 1)",
     "lora.targets=[qproj]": "unknown LoRA target 'qproj'; valid targets: q_proj",
     "lora.parts=[txt]": "unknown LoRA part 'txt'; valid parts: vision, text",
-    "+dataset.augment.rotate=30": "unknown key(s) dataset.augment.rotate",
-    "~dataset.max_ann_per_img": "missing key(s) dataset.max_ann_per_img",
+    "+dataset.augment.rotate=30": "dataset.augment.rotate: unknown key",
+    "~dataset.max_ann_per_img": "does not support deletion (key dataset.max_ann_per_img)",
     "dataset._target_=collections.OrderedDict": "built a OrderedDict, not a sam3_lora.data.config.DatasetConfig",
 }
 
 
 @pytest.mark.parametrize("override", BAD_SETTINGS)
-def test_each_bad_setting_names_key_value_and_valid_range(override):
+def test_train_and_check_refuse_each_bad_setting_alike(override, capsys, tmp_path, monkeypatch):
+    """Each message names the key, the value and what is valid; train and check refuse the same settings."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as err:
-        check_train_config(compose_train(["model=sam3_tiny", override]))
+        run(compose_train(["model=sam3_tiny", override]), tmp_path / "run")
     assert BAD_SETTINGS[override] in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+    assert check.main(["model=sam3_tiny", override]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] settings: invalid settings" in out and BAD_SETTINGS[override] in out
 
 
 def test_every_problem_is_reported_at_once():
     cfg = compose_train(["trainer.batch_size=0", "optimizer.lr=-1", "trainer.best_metric=nope", "lora.rank=0"])
     with pytest.raises(ConfigError) as err:
-        check_train_config(cfg)
+        check_settings(cfg)
     assert [line.split("=")[0] for line in str(err.value).splitlines()[1:]] == [
         "- trainer.batch_size",
         "- trainer.best_metric",
         "- optimizer.lr",
-        "- lora.rank must be a positive integer (e.g. 4, 8, 16), got 0",
+        "- lora.rank",
     ]
 
 
@@ -66,7 +73,7 @@ def test_every_problem_is_reported_at_once():
     ids=["defaults", "quickstart", "rank_sweep", "lora=none", "full+sgd"],
 )
 def test_shipped_configs_pass(overrides):
-    check_train_config(compose_train(overrides))
+    check_settings(compose_train(overrides))
 
 
 def _train_cli(tmp_path, *args):
@@ -93,7 +100,7 @@ def test_bad_settings_stop_the_command_before_any_data_or_model(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 2, out[-3000:]
     assert "Traceback" not in out
-    for key in ("trainer.batch_size=0", "optimizer.lr=-1", "lora.alpha must be positive"):
+    for key in ("trainer.batch_size=0", "optimizer.lr=-1", "lora.alpha=0: positive"):
         assert key in out
     assert not (tmp_path / "toy").exists()  # the toy data was never generated, the base never built
     assert "pretraining" not in out
@@ -119,4 +126,4 @@ def test_divergence_exits_2_without_traceback(toy_root, tmp_path):
 def test_an_unresolvable_interpolation_names_its_key(toy_root):
     cfg = compose_train(["model=sam3_tiny", "dataset=toy", "dataset.generate=null"])  # root: ${dataset.generate.x}
     with pytest.raises(ConfigError, match=r"dataset.root: cannot be resolved .*set dataset.root= explicitly"):
-        check_train_config(cfg)
+        check_settings(cfg)

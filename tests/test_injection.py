@@ -131,12 +131,12 @@ def test_regex_and_modules_to_save(tiny_model):
     [
         ({"targets": ["q_proj", "query"]}, r"unknown LoRA target 'query'; valid targets: q_proj, k_proj"),
         ({"parts": ["neck"]}, r"unknown LoRA part 'neck'; valid parts: vision, text"),
-        ({"rank": 0}, r"lora.rank must be a positive integer"),
-        ({"rank": -4}, r"lora.rank must be a positive integer"),
-        ({"alpha": 0}, r"lora.alpha must be positive"),
-        ({"dropout": 1.5}, r"lora.dropout must be in \[0, 1\)"),
-        ({"target_regex": "(["}, r"not a valid regex"),
-        ({"targets": []}, r"lora.targets is empty"),
+        ({"rank": 0}, r"lora.rank=0: a positive integer"),
+        ({"rank": -4}, r"lora.rank=-4: a positive integer"),
+        ({"alpha": 0}, r"lora.alpha=0: positive"),
+        ({"dropout": 1.5}, r"lora.dropout=1.5: in \[0, 1\)"),
+        ({"target_regex": "(["}, r"lora.target_regex='\(\[': not a valid regular expression"),
+        ({"targets": []}, r"lora.targets=\[\]: empty, and no lora.target_regex is set"),
     ],
 )
 def test_bad_config_is_refused_with_choices(kwargs, message):

@@ -21,9 +21,10 @@ from pycocotools.coco import COCO
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.data import toy
-from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.data.config import Split
+from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 from sam3_lora.data.validate import validate_and_clean, validate_split
-from sam3_lora.evaluation.coco import coco_evaluate
+from sam3_lora.evaluation.coco_ap import coco_evaluate
 
 NUM_CASES = 300
 OTHER_VALUES = (

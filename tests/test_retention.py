@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data import toy
 from sam3_lora.evaluation.saco import METRIC_KEYS
-from sam3_lora.training.settings import ConfigError, check_train_config
+from sam3_lora.pipeline.settings import ConfigError, check_settings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_retention_scores_base_and_tuned_and_their_change(retention_run):
     for key in ("bbox/AP", "segm/AP", "segm/cgF1", "saco/IL_MCC"):
         assert retained["change"][key] == pytest.approx(retained["tuned"][key] - retained["base"][key])
     # The base was scored before training and recorded for a resumed run.
-    assert json.loads((run_dir / "retention_base_metrics.json").read_text()) == retained["base"]
+    assert json.loads((run_dir / "heldout_retention.json").read_text())["base"] == retained["base"]
     # Training moved the model, so the tuned scores are not the base's (the test can fail).
     assert retained["tuned"] != retained["base"]
     assert json.loads((run_dir / "results.json").read_text())["retention"] == retained
@@ -54,10 +54,11 @@ def test_retention_scores_base_and_tuned_and_their_change(retention_run):
 
 
 def test_results_table_prints_the_retention_rows(retention_run):
-    from sam3_lora.train import results_table
+    from sam3_lora.pipeline.results import results_table
+    from sam3_lora.runs.results import RunResults
 
     run_dir, summary = retention_run
-    text = results_table(summary["results"], "test", run_dir, retention=summary["retention"])
+    text = results_table(RunResults.read(run_dir), run_dir)
     assert "retention: 'retention' test split" in text
     change_row = next(line for line in text.splitlines() if line.startswith("change"))
     assert f"{summary['retention']['change']['bbox/AP']:+.3f}" in change_row
@@ -76,9 +77,9 @@ def test_evaluate_scores_a_run_on_a_dataset_given_on_the_command_line(retention_
 
 def test_retention_section_is_checked_like_a_dataset():
     with pytest.raises(ConfigError, match=r"retention\.root"):
-        check_train_config(compose_train(["retention=coco"]))  # root is ??? (mandatory)
-    with pytest.raises(ConfigError, match=r"retention \(a dataset section\).*dataset\.colour"):
-        check_train_config(compose_train(["retention=coco", "retention.root=/x", "+retention.colour=red"]))
+        check_settings(compose_train(["retention=coco"]))  # root is ??? (mandatory)
+    with pytest.raises(ConfigError, match=r"retention\.colour: unknown key"):
+        check_settings(compose_train(["retention=coco", "retention.root=/x", "+retention.colour=red"]))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data import toy
 from sam3_lora.evaluation.saco import METRIC_KEYS, THRESHOLDS, SacoEvaluation, saco_evaluate
-from sam3_lora.train import results_table
+from sam3_lora.pipeline.results import results_table
+from sam3_lora.runs.results import RunResults
 
 SIZE = 64
 # sam3's epsilons (1e-4 in F1's denominators) keep a perfect score a hair under 1.
@@ -324,7 +325,8 @@ def test_unknown_image_or_category_is_refused():
 def test_results_table_shows_the_sa_co_columns_and_the_threshold(tmp_path):
     m = {"bbox/AP": 0.1, "bbox/AP50": 0.2, "segm/AP": 0.3, "segm/AP50": 0.4}
     m.update({"saco/threshold": 0.45, "saco/IL_MCC": 0.5, "segm/pmF1": 0.6, "segm/cgF1": 0.3})
-    text = results_table({"base": m, "lora": dict(m, **{"segm/pmF1": -1.0})}, "test", tmp_path)
+    results = RunResults({"base": m, "lora": dict(m, **{"segm/pmF1": -1.0})}, heldout_split="test")
+    text = results_table(results, tmp_path)
     header, base, lora = text.splitlines()[:3]
     assert "segm cgF1" in header and "IL_MCC" in header and "segm pmF1" in header and "threshold" in header
     assert base.split()[-4:] == ["0.300", "0.500", "0.600", "0.45"]
@@ -402,8 +404,10 @@ def test_training_records_and_logs_the_sa_co_metrics(run_with_tensorboard):
     # Both models are scored on test at the threshold chosen on valid, not on test (0.85).
     assert results["results"]["base"]["saco/threshold"] == 0.35
     assert results["results"]["lora"]["saco/threshold"] == 0.35
-    (note,) = results["notes"]
-    assert "chosen on 'valid'" in note and "recorded at its best validation evaluation" in note
+    base_note, tuned_note = results["notes"]
+    assert base_note.startswith("frozen base: ") and "chosen on 'valid'" in base_note
+    assert tuned_note.startswith("LoRA (best): ")
+    assert "chosen on 'valid'" in tuned_note and "recorded at its best validation evaluation" in tuned_note
 
 
 def test_tuned_threshold_is_the_one_recorded_at_the_best_validation(split_toy, tmp_path, monkeypatch):
@@ -430,9 +434,10 @@ def test_without_a_valid_split_the_threshold_is_chosen_on_the_held_out_split(spl
     assert summary["heldout_split"] == "test"
     for key in ("base", "lora"):
         assert summary["results"][key]["saco/threshold"] == 0.85
-    (note,) = summary["notes"]
-    assert "no valid split" in note and "'test' split itself" in note
-    assert "0.85" in results_table(summary["results"], "test", tmp_path)
+    for note in summary["notes"]:  # the base's and the tuned model's
+        assert "no valid split" in note and "'test' split itself" in note
+    assert len(summary["notes"]) == 2
+    assert "0.85" in results_table(RunResults.read(tmp_path / "run"), tmp_path / "run")
 
 
 def test_evaluate_reports_sa_co_metrics_with_the_threshold_chosen_on_valid(run_with_tensorboard, threshold_by_split):

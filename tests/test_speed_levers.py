@@ -92,23 +92,15 @@ def test_a_bf16_base_trains_within_tolerance_of_the_fp32_base(tiny_model, parts)
     assert torch.allclose(got[0], want[0], rtol=1e-3) and torch.allclose(got, want, rtol=5e-3), (got, want)
 
 
-def test_a_bf16_base_without_bf16_autocast_is_refused(tiny_model, tmp_path):
-    from sam3_lora.training.trainer import BaseDtypeError, Trainer, TrainerConfig
+@pytest.mark.parametrize("amp", ["off", "auto"])  # auto is bf16 on CUDA only
+def test_a_bf16_base_without_bf16_autocast_is_refused(amp):
+    from conftest import compose_train
 
-    with pytest.raises(BaseDtypeError, match="trainer.base_dtype=bf16 needs bf16 autocast.*trainer.amp=bf16"):
-        Trainer(
-            model=tiny_model,
-            loss_fn=None,
-            make_optimizer=None,
-            make_scheduler=None,
-            train_loader=None,
-            evaluator=None,
-            loggers=None,
-            run_dir=tmp_path,
-            cfg=TrainerConfig.from_group(device="cpu", amp="off", base_dtype="bf16"),
-            save_weights=None,
-            dist_info=None,
-        )
+    from sam3_lora.pipeline.settings import ConfigError, check_settings
+
+    cfg = compose_train(["model=sam3_tiny", "trainer.device=cpu", f"trainer.amp={amp}", "trainer.base_dtype=bf16"])
+    with pytest.raises(ConfigError, match="trainer.base_dtype='bf16': needs bf16 autocast.*set trainer.amp=bf16"):
+        check_settings(cfg)
 
 
 # ------------------------------------------------------------------ compiled ViT blocks

@@ -22,7 +22,7 @@ from sam3_lora.data import toy
 from sam3_lora.lora import AdapterError, load_adapter, lora_modules
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
-from sam3_lora.runs.tuned import RunDirError, load_tuned
+from sam3_lora.pipeline.tuned import RunDirError, load_tuned
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_evaluate_matches_training_and_reports_per_category(trained_run):
     assert "AP50" in text and "triangle" in text
 
     base = evaluate_cmd.evaluate(compose_command("evaluate", run_dir=trained_run, base=True, num_workers=0))
-    scored_before_training = json.loads((trained_run / "base_metrics.json").read_text())
+    scored_before_training = json.loads((trained_run / "heldout_target.json").read_text())["base"]
     assert base["metrics"]["segm/AP"] == pytest.approx(scored_before_training["segm/AP"], abs=1e-9)
     assert (trained_run / "eval_test_base.json").is_file()
 

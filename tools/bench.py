@@ -53,14 +53,14 @@ def build(model_name: str):
 
 def toy_split(root: Path):
     from sam3_lora.data import toy
-    from sam3_lora.data.coco import Split
+    from sam3_lora.data.config import Split
 
     toy.ensure(root, "shifted", seed=0, splits={"train": 64, "valid": 0, "test": 0})
     return Split(str(root / "train" / toy.ANNOTATIONS), str(root / "train"))
 
 
 def batches(model, split, batch_size: int, count: int):
-    from sam3_lora.data.coco import build_dataset, build_loader
+    from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 
     loader = build_loader(build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=0)
     out = []
@@ -72,9 +72,9 @@ def batches(model, split, batch_size: int, count: int):
 def lora_config(preset: str):
     from hydra.utils import instantiate
 
-    from sam3_lora.core.conf import compose_config
+    from sam3_lora.pipeline.settings import compose
 
-    cfg = compose_config("train", [f"lora={preset}", "lora.dropout=0"])
+    cfg = compose("train", [f"lora={preset}", "lora.dropout=0"])
     return instantiate(cfg.lora, _convert_="all")
 
 
@@ -269,7 +269,7 @@ def inference(model_name: str, device, batch_size: int, warmup: int, steps: int,
 
 
 def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_root: Path, batches_n: int = 24) -> float:
-    from sam3_lora.data.coco import build_dataset, build_loader
+    from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 
     size = 1008 if model_name == "sam3" else build(model_name).image_size
     ds = build_dataset(toy_split(data_root), size, training=True)
@@ -339,9 +339,9 @@ def main() -> None:
         print(json.dumps(train_setup(json.loads(args.child))))
         return
 
-    from sam3_lora.training.trainer import TrainerConfig
+    from sam3_lora.training.config import TrainerConfig
 
-    workers = TrainerConfig.from_group().num_workers if args.workers is None else args.workers
+    workers = TrainerConfig().num_workers if args.workers is None else args.workers
     device = torch.device(args.device)
     common = {
         "model": args.model,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from sam3_lora.core.conf import compose_config
 from sam3_lora.lora import count_trainable, inject_lora, save_adapter
+from sam3_lora.pipeline.settings import compose
 
 PRESETS = ("minimal", "balanced", "full")
 
@@ -29,14 +29,14 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = [f"model={args.model}"] + (["model.random_init=true"] if args.model == "sam3" else [])
-    base_cfg = compose_config("train", overrides)
+    base_cfg = compose("train", overrides)
     base = instantiate(base_cfg.model)
     total = sum(p.numel() for p in base.parameters())
     print(f"\nmodel={args.model}: {total / 1e6:.1f}M parameters\n")
     print("| preset | rank / alpha | targets | parts | LoRA modules | trainable | % of model | adapter file |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
-        cfg = compose_config("train", [*overrides, f"lora={preset}"])
+        cfg = compose("train", [*overrides, f"lora={preset}"])
         lora = instantiate(cfg.lora, _convert_="all")
         model = copy.deepcopy(base)
         report = inject_lora(model, lora)

@@ -1,1 +1,2 @@
-"""Foundations every layer uses: where the configs live, device/AMP/seeding, the clean-exit error."""
+"""Foundations every layer uses: typed settings, where the configs live, device/AMP/seeding, atomic
+files, the clean-exit error."""

@@ -1,88 +1,127 @@
 """The ``dataset`` config group as typed settings.
 
-``conf/dataset/*.yaml`` instantiate :class:`DatasetConfig` through :meth:`DatasetConfig.from_settings`
-(its values are written once, in the yaml). A run directory's recorded ``dataset`` section is read back with
-:meth:`DatasetConfig.from_section`, which builds the same class without instantiating any
+Each setting's default, meaning and valid values are declared once, here; ``conf/dataset/*.yaml`` hold
+the presets (Roboflow's split layout, the toy world). A run directory's recorded ``dataset`` section is
+read back with :meth:`DatasetConfig.from_section`, which builds the same class without instantiating any
 target named in that file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.schema import HYDRA_KEYS, REQUIRED, Valid, at_least, is_int, number_in, one_of, problems, setting
 
 SPLIT_NAMES = ("train", "valid", "test")
-HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "_args_")
+TOY_DOMAINS = ("base", "shifted")  # sam3_lora/data/toy.py
 
 
 class DatasetConfigError(UserError, ValueError):
-    """A ``dataset`` section with missing or unknown keys."""
+    """A ``dataset`` section with missing or unknown keys, or values out of range."""
 
 
 @dataclass
 class Split:
     """One split of a COCO dataset: the annotation file and the folder its file_names are relative to."""
 
-    ann_file: str
-    img_folder: str
+    ann_file: str = setting(doc="the COCO annotation file", names_run=False)
+    img_folder: str = setting(doc="the folder the images' file_name values are relative to", names_run=False)
 
     def exists(self) -> bool:
         return Path(self.ann_file).is_file()
 
 
+def _roboflow(split: str) -> Split:
+    """Roboflow's COCO layout: ``ROOT/<split>/_annotations.coco.json`` beside the split's images."""
+    return Split(f"${{..root}}/{split}/_annotations.coco.json", f"${{..root}}/{split}")
+
+
 @dataclass
 class Augment:
-    hflip: float  # probability of a horizontal flip
-    scale_min: float  # random resize to [scale_min, 1] x resolution, then pad
+    hflip: float = setting(0.5, "probability of a horizontal flip", number_in(0, 1, "a probability in [0, 1]"))
+    scale_min: float = setting(
+        0.75,
+        "random resize to [scale_min, 1] x resolution, then pad",
+        number_in(0, 1, "a fraction of the resolution in (0, 1]", low_open=True),
+    )
 
 
 @dataclass
 class Validation:
-    check_images: bool  # decode every image once before training (existence, decoding, size)
+    check_images: bool = setting(True, "decode every image once before training (existence, decoding, size)")
 
 
 @dataclass
 class ToySpec:
     """Synthetic shapes generated from a seed on first use (``sam3_lora/data/toy.py``)."""
 
-    domain: str  # base (bright shapes, dark background) | shifted (dark shapes, light noisy background)
-    seed: int
-    size: int  # image side in pixels
-    splits: Dict[str, int]  # images per split
+    domain: str = setting(
+        "shifted", "base (bright shapes on dark) | shifted (outlined shapes on a noisy tint)", one_of(*TOY_DOMAINS)
+    )
+    seed: int = setting(0, "the generator's seed")
+    size: int = setting(128, "image side in pixels", at_least(16))
+    splits: Dict[str, int] = setting(
+        doc="images per split",
+        valid=Valid(
+            lambda d: set(d) <= set(SPLIT_NAMES) and all(is_int(n) and n >= 0 for n in d.values()),
+            f"image counts >= 0 for splits among {', '.join(SPLIT_NAMES)}",
+        ),
+        factory=lambda: {"train": 48, "valid": 16, "test": 32},
+    )
 
 
 @dataclass
 class DatasetConfig:
-    name: str
-    root: str
-    train: Split
-    valid: Optional[Split]
-    test: Optional[Split]
-    # Per training image: the categories present plus this many absent ones as negative prompts
-    # (-1: all absent categories, as upstream; 0: none).
-    num_hard_negatives: int
-    max_ann_per_img: int
-    augment: Augment
-    # Evaluation asks every category of every image; chunk them for many-category datasets.
-    eval_category_chunk: Optional[int]
-    validate: Validation
-    generate: Optional[ToySpec]
+    """The ``dataset`` group (and ``retention``): a COCO dataset in Roboflow's layout
+    (``ROOT/{train,valid,test}/_annotations.coco.json`` beside the images) or generated toy shapes."""
+
+    name: str = setting("coco", "the dataset's name in results, tables and model cards")
+    root: str = setting(REQUIRED, "the export's folder (Roboflow's layout below it)", names_run=False)
+    train: Split = setting(
+        doc="the split trained on (a retention dataset is only scored: its valid and test)",
+        factory=functools.partial(_roboflow, "train"),
+    )
+    valid: Optional[Split] = setting(
+        doc="validation during training; SA-Co score thresholds are chosen on it",
+        factory=functools.partial(_roboflow, "valid"),
+    )
+    test: Optional[Split] = setting(
+        doc="the held-out split scored after training", factory=functools.partial(_roboflow, "test")
+    )
+    num_hard_negatives: int = setting(
+        4,
+        "per training image: the categories present plus this many absent ones as negative prompts "
+        "(-1: every absent category, as upstream; 0: none)",
+        at_least(-1),
+    )
+    max_ann_per_img: int = setting(200, "objects per prompt kept for training", at_least(1))
+    augment: Augment = setting(doc="training augmentation", factory=Augment)
+    eval_category_chunk: Optional[int] = setting(
+        None,
+        "evaluation asks every category of every image: chunk them for many-category datasets",
+        at_least(1, optional=True),
+    )
+    validate: Validation = setting(doc="what is checked before a run starts", factory=Validation)
+    generate: Optional[ToySpec] = setting(
+        None, "toy shapes generated at root on first use, or null for your own data", names_run=False
+    )
 
     def __post_init__(self) -> None:
-        # Hydra's instantiate (with _convert_="all") and from_section hand nested sections over as dicts.
+        # A run directory's section (from_section) hands nested sections over as dicts.
         for name in SPLIT_NAMES:
             value = getattr(self, name)
             if isinstance(value, Mapping):
-                setattr(self, name, _build(Split, value, f"dataset.{name}"))
+                setattr(self, name, Split(**value))
         if isinstance(self.augment, Mapping):
-            self.augment = _build(Augment, self.augment, "dataset.augment")
+            self.augment = Augment(**self.augment)
         if isinstance(self.validate, Mapping):
-            self.validate = _build(Validation, self.validate, "dataset.validate")
+            self.validate = Validation(**self.validate)
         if isinstance(self.generate, Mapping):
-            self.generate = _build(ToySpec, self.generate, "dataset.generate")
+            self.generate = ToySpec(**self.generate)
 
     def ensure_generated(self) -> None:
         """Write the toy data on first use when this dataset is generated (``generate`` set)."""
@@ -97,34 +136,11 @@ class DatasetConfig:
         return getattr(self, name) if name in SPLIT_NAMES else None
 
     @classmethod
-    def from_settings(cls, **values: Any) -> "DatasetConfig":
-        """The ``_target_`` of ``conf/dataset``: every key checked by name (unknown and missing
-        ones named) before the class is built."""
-        return cls.from_section(values)
-
-    @classmethod
     def from_section(cls, section: Mapping[str, Any], where: str = "") -> "DatasetConfig":
         """A resolved ``dataset`` section read as data (a run directory's record, say): Hydra's
         keys (``_target_``, ``_convert_``) are ignored, nothing is imported; unknown or missing
-        keys are an error naming ``where`` (the file) and the key."""
-        values = {k: v for k, v in section.items() if k not in HYDRA_KEYS}
-        try:
-            return _build(cls, values, "dataset")
-        except DatasetConfigError as e:
-            raise DatasetConfigError(f"{where}: {e}" if where else str(e)) from None
-
-
-def _build(cls, values: Mapping[str, Any], key: str):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    missing = sorted(names - set(values))
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}")
-        if missing:
-            parts.append(f"missing key(s) {', '.join(f'{key}.{k}' for k in missing)}")
-        raise DatasetConfigError(
-            f"{'; '.join(parts)} (the keys of conf/dataset/coco.yaml are the ones a dataset section takes)"
-        )
-    return cls(**values)
+        keys and values out of range are an error naming ``where`` (the file) and the key."""
+        found = problems(cls, section, "dataset")
+        if found:
+            raise DatasetConfigError(f"{where}: " + "; ".join(found) if where else "; ".join(found))
+        return cls(**{k: v for k, v in section.items() if k not in HYDRA_KEYS})

@@ -15,7 +15,7 @@ accepted by sam3's loader and by pycocotools' COCOeval alike and box and mask ag
   otherwise the annotation is dropped (nothing of it is in the image);
 * an invalid segmentation (malformed polygon or RLE, no pixel inside the image, or nowhere
   near its box) is removed: the box still supervises, and evaluation treats an annotation
-  without a mask as an ignore region for segm AP (``sam3_lora.evaluation.coco``);
+  without a mask as an ignore region for segm AP (``sam3_lora.evaluation.coco_ap``);
 * a missing or invalid ``area`` is computed from the mask (or the box).
 
 Empty segmentations (``[]``, ``null`` or no key: box-only data) are valid as they are.
@@ -437,12 +437,22 @@ def validate_and_clean(
     """Validate one split; raise on errors; return the annotation file to train from."""
     report, cleaned = validate_split(ann_file, img_folder, check_images)
     if report.errors:
-        raise DataValidationError(f"dataset split '{split}' cannot be used:\n{report.summary()}")
+        raise DataValidationError(split_problems(split, report))
+    return usable_annotations(ann_file, cleaned, out_dir, split), report
+
+
+def split_problems(split: str, report: ValidationReport) -> str:
+    return f"dataset split '{split}' cannot be used:\n{report.summary()}"
+
+
+def usable_annotations(ann_file, cleaned: Optional[dict], out_dir: Path, split: str) -> str:
+    """The annotation file to use: ``ann_file`` itself, or the ``cleaned`` annotations written to
+    ``out_dir`` when validation repaired any."""
     if cleaned is None:
-        return str(ann_file), report
+        return str(ann_file)
     out = cleaned_path(out_dir, split)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: a crash never leaves half a file
     tmp.write_text(json.dumps(cleaned))
     os.replace(tmp, out)
-    return str(out), report
+    return str(out)

@@ -92,7 +92,7 @@ class SacoEvaluation:
     """One split's ground truth and one set of detections, ready to be scored at any threshold.
 
     ``dataset``: a COCO dataset dict or an annotation file; ``detections``: COCO results as
-    :func:`sam3_lora.evaluation.coco.predict` gives them (image_id, category_id, score, bbox
+    :func:`sam3_lora.evaluation.detections.predict` gives them (image_id, category_id, score, bbox
     xywh, segmentation RLE). Building it computes every IoU once (both IoU types).
 
     ``min_score``: the lowest threshold it will be scored at; detections below it never count,

@@ -48,7 +48,7 @@ class ConfigError(UserError, ValueError):
 
 def sam3_config(size: SAM3Size):
     """The ``transformers.Sam3Config`` of the SAM3 image model of ``size`` (Sam3Model, random init,
-    has exactly the key set of ``sam3_lora.hf.keymap.to_transformers`` of that model)."""
+    has exactly the key set of ``sam3_lora.models.transformers_keymap.to_transformers`` of that model)."""
     transformers = require_transformers("a transformers Sam3Config")
     size.check()
     if max(size.global_att_blocks) != size.vit_depth - 1:

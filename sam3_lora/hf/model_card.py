@@ -9,7 +9,6 @@ run directory (``results.json``, ``.hydra/``), so an export made later writes th
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.runs import layout
+from sam3_lora.runs.results import DatasetFacts, RunResults
 
 STOCK_BASE = "facebook/sam3"  # the Hub id of the base sam3.pt (model=sam3)
 # SAM3's weights are released under Meta's SAM License; a fine-tune inherits it.
@@ -29,7 +29,7 @@ LICENSE = {
 }
 PIPELINE_TAG = "image-segmentation"
 TAGS = ["sam3", "sam3_lora", "lora", "image-segmentation", "instance-segmentation", "promptable-concept-segmentation"]
-# The figures of the metrics table, in this order (keys of sam3_lora.evaluation.coco's results).
+# The figures of the metrics table, in this order (keys of sam3_lora.evaluation.coco_ap's results).
 METRICS = (
     ("bbox/AP", "bbox AP"),
     ("bbox/AP50", "bbox AP50"),
@@ -38,39 +38,6 @@ METRICS = (
     ("segm/AP50", "segm AP50"),
     ("segm/AP75", "segm AP75"),
 )
-
-
-@dataclass
-class DatasetFacts:
-    """A training set as a card shows it: name, where it was, images and annotations per split, categories."""
-
-    name: str
-    root: str
-    splits: Dict[str, Dict[str, int]] = field(default_factory=dict)
-    categories: List[str] = field(default_factory=list)
-
-    @classmethod
-    def from_annotations(cls, name: str, root: str, ann_files: Mapping[str, str]) -> "DatasetFacts":
-        facts = cls(name=str(name), root=str(root))
-        for split, ann_file in ann_files.items():
-            coco = json.loads(Path(ann_file).read_text())
-            facts.splits[split] = {
-                "images": len(coco.get("images", [])),
-                "annotations": len(coco.get("annotations", [])),
-            }
-            for category in coco.get("categories", []):
-                if category.get("name") not in facts.categories:
-                    facts.categories.append(category.get("name"))
-        return facts
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict]) -> Optional["DatasetFacts"]:
-        return cls(**d) if d else None
-
-    @property
-    def label(self) -> str:
-        """The name a card gives it: ``dataset=coco`` is the option for any COCO folder, so its folder names it."""
-        return (Path(self.root).name or self.name) if self.name == "coco" else self.name
 
 
 @dataclass
@@ -88,6 +55,7 @@ class RunFacts:
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     heldout_split: Optional[str] = None
     command: Optional[str] = None
+    tuned_label: Optional[str] = None  # "lora" or "finetuned" (full fine-tuning), from results.json
 
     @classmethod
     def read(cls, run_dir) -> "RunFacts":
@@ -110,21 +78,18 @@ class RunFacts:
             checkpoint = model.get("checkpoint_path")
             facts.checkpoint_path = checkpoint if isinstance(checkpoint, str) and "${" not in checkpoint else None
             facts.seed = cfg.get("seed")
-            if cfg.get("lora"):
-                lora = {k: v for k, v in cfg["lora"].items() if k != "_target_"}
-                facts.lora = LoraConfig.from_dict(lora)
         overrides = run_dir / layout.HYDRA_OVERRIDES
         if overrides.is_file():
             facts.command = train_command(yaml.safe_load(overrides.read_text()) or [])
-        results = run_dir / layout.RESULTS
-        if results.is_file():
-            r = json.loads(results.read_text())
-            facts.trainable_parameters = r.get("trainable_parameters")
-            facts.heldout_split = r.get("heldout_split")
-            facts.dataset = DatasetFacts.from_dict(r.get("dataset"))
-            found = r.get("results", {})
-            tuned = found.get("lora") or found.get("finetuned")
-            facts.metrics = {k: v for k, v in (("base", found.get("base")), ("tuned", tuned)) if v}
+        if (run_dir / layout.RESULTS).is_file():
+            r = RunResults.read(run_dir)
+            facts.trainable_parameters = r.trainable_parameters
+            facts.heldout_split = r.heldout_split
+            facts.dataset = r.dataset
+            facts.tuned_label = r.tuned_label
+            if r.tuning.get("config"):
+                facts.lora = LoraConfig.from_dict(r.tuning["config"])
+            facts.metrics = {k: v for k, v in (("base", r.base), ("tuned", r.tuned)) if v}
         return facts
 
 
@@ -248,8 +213,8 @@ def _metric_lines(metrics: Mapping[str, Mapping[str, float]], split: Optional[st
 
 
 def left_out_notes(left_out: Mapping[str, str]) -> List[str]:
-    """Card lines naming what a conversion left out (see sam3_lora.hf.keymap.summarise)."""
-    from sam3_lora.hf.keymap import summarise
+    """Card lines naming what a conversion left out (see sam3_lora.models.transformers_keymap.summarise)."""
+    from sam3_lora.models.transformers_keymap import summarise
 
     return [f"Left out of this export (no counterpart in its format) — {line}" for line in summarise(left_out)]
 
@@ -257,17 +222,18 @@ def left_out_notes(left_out: Mapping[str, str]) -> List[str]:
 def run_card(run_dir) -> ModelCard:
     """The card a training run writes into its run directory."""
     facts = RunFacts.read(run_dir)
-    tuned = "LoRA adapter" if facts.lora else "fine-tuned weights"
+    lora = facts.tuned_label != "finetuned"
+    tuned = "LoRA adapter" if lora else "fine-tuned weights"
     return ModelCard(
         title=f"SAM3 {tuned} ({Path(run_dir).name})",
         library_name="sam3_lora",
         facts=facts,
         summary=f"A sam3_lora training run: SAM3 adapted to `{facts.dataset.label if facts.dataset else 'a dataset'}` "
-        f"with {'LoRA' if facts.lora else 'full fine-tuning'}.",
+        f"with {'LoRA' if lora else 'full fine-tuning'}.",
         usage=RUN_USAGE,
         files=[
             f"`{layout.adapter_file('best')}` / `{layout.adapter_file('last')}`: the adapter (sam3_lora format)"
-            if facts.lora
+            if lora
             else f"`{layout.full_weights_file('best')}`: full weights in sam3.pt's layout",
             f"`{layout.RESULTS}`: held-out scores; `{layout.METRICS}`: validation scores; `{layout.TRAINING_LOG}`",
             "`.hydra/`: the composed settings and overrides",

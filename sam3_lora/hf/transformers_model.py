@@ -15,11 +15,11 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
+import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora.core.errors import UserError
-from sam3_lora.hf import keymap
-from sam3_lora.hf.checkpoint import WEIGHTS
 from sam3_lora.hf.config import require_transformers, sam3_config
 from sam3_lora.models.sizes import SAM3Size
+from sam3_lora.models.transformers_checkpoint import WEIGHTS
 
 # safetensors metadata transformers expects on a PyTorch checkpoint.
 SAFETENSORS_METADATA = {"format": "pt"}

@@ -54,7 +54,7 @@ class AdapterInfo:
     base_model: str
     base_fingerprint: str  # architecture: parameter names and shapes
     versions: Dict[str, str]
-    base_weights_fingerprint: Optional[str] = None  # the base weights' values; None in files from before it
+    base_weights_fingerprint: Optional[str] = None  # the base weights' values; None: the file records none
 
     def to_metadata(self) -> Dict[str, str]:
         meta = {

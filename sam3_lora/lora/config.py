@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.schema import Valid, at_least, number_in, positive, problems, setting
 
-# The seeds' target vocabulary. q/k/v are row slices of SAM3's packed projections.
+# The projections LoRA targets, by name. q/k/v are row slices of SAM3's packed projections.
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")
 TARGET_ALIASES = {"all": TARGETS}
 
@@ -27,19 +28,38 @@ PART_ALIASES = {"all": tuple(PARTS)}
 
 
 class LoraConfigError(UserError, ValueError):
-    """A LoRA setting that cannot work; the message lists the valid choices."""
+    """LoRA settings that cannot work; the message (and ``problems``, one line each) lists the valid choices."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems) or [message]
 
 
-def _expand(values, valid, aliases, what: str) -> List[str]:
+def _expand(values, aliases) -> List[str]:
     out: List[str] = []
     for v in values:
-        if v in aliases:
-            out.extend(aliases[v])
-        elif v in valid:
-            out.append(v)
-        else:
-            raise LoraConfigError(f"unknown LoRA {what} '{v}'; valid {what}s: {', '.join([*valid, *aliases])}")
+        out.extend(aliases.get(v, (v,)))
     return list(dict.fromkeys(out))
+
+
+def _known(valid, aliases, what: str) -> Valid:
+    """Names among ``valid`` or its ``aliases``; the message names the first unknown one."""
+
+    def says(values) -> str:
+        bad = next(v for v in values if v not in valid and v not in aliases)
+        return f"unknown LoRA {what} '{bad}'; valid {what}s: {', '.join([*valid, *aliases])}"
+
+    return Valid(lambda values: all(v in valid or v in aliases for v in values), says)
+
+
+def _compiles(pattern) -> bool:
+    if pattern is None:
+        return True
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def lora_scale(alpha: float, rank: int, use_rslora: bool = False) -> float:
@@ -51,51 +71,63 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool = False) -> float:
 class LoraConfig:
     """What to adapt and how (the ``lora`` config group; ``lora=none`` fine-tunes every weight)."""
 
-    #: Rank r of each update ``ΔW = scale · B @ A`` (A: r × in, B: out × r). Memory is dominated by
-    #: activations, not by r; 4-16 is usual.
-    rank: int = 8
-    #: Scaling numerator: ``scale = alpha / rank`` (commonly alpha = 2 × rank).
-    alpha: float = 16.0
-    #: Dropout on the update's input during training (0 disables it).
-    dropout: float = 0.0
-    #: rsLoRA: ``scale = alpha / sqrt(rank)``, which keeps updates comparable across ranks.
-    use_rslora: bool = False
-    #: Which projections: q_proj, k_proj, v_proj (row slices of packed weights), out_proj,
-    #: linear1 / linear2 (the FFN), or ``all``.
-    targets: List[str] = field(default_factory=lambda: list(TARGETS))
-    #: Which parts of SAM3: vision, text, geometry, encoder, decoder, segmentation, or ``all``.
-    parts: List[str] = field(default_factory=lambda: ["vision", "encoder", "decoder"])
-    #: Extra nn.Linear / nn.MultiheadAttention modules (full-name regex) to adapt whole.
-    target_regex: Optional[str] = None
-    #: Modules trained in full and saved with the adapter (like PEFT's modules_to_save).
-    modules_to_save: List[str] = field(default_factory=list)
+    rank: int = setting(
+        8,
+        "rank r of each update dW = scale * B @ A (A: r x in, B: out x r); memory is dominated by activations, not "
+        "by r; 4-16 is usual",
+        at_least(1, "a positive integer (e.g. 4, 8, 16)"),
+    )
+    alpha: float = setting(
+        16.0,
+        "scaling numerator: scale = alpha / rank (commonly alpha = 2 x rank)",
+        positive("positive (commonly 2 x rank)"),
+    )
+    dropout: float = setting(
+        0.0,
+        "dropout on the update's input during training (0 disables it)",
+        number_in(0, 1, "in [0, 1)", high_open=True),
+    )
+    use_rslora: bool = setting(False, "rsLoRA: scale = alpha / sqrt(rank), which keeps updates comparable across ranks")
+    targets: List[str] = setting(
+        doc="which projections: q_proj, k_proj, v_proj (row slices of packed weights), out_proj, linear1 / linear2 "
+        "(the FFN), or all",
+        valid=_known(TARGETS, TARGET_ALIASES, "target"),
+        factory=lambda: list(TARGETS),
+    )
+    parts: List[str] = setting(
+        doc="which parts of SAM3: vision, text, geometry, encoder, decoder, segmentation, or all",
+        valid=_known(tuple(PARTS), PART_ALIASES, "part"),
+        factory=lambda: ["vision", "encoder", "decoder"],
+    )
+    target_regex: Optional[str] = setting(
+        None,
+        "extra nn.Linear / nn.MultiheadAttention modules (full-name regex) to adapt whole",
+        Valid(_compiles, "not a valid regular expression"),
+    )
+    modules_to_save: List[str] = setting(
+        doc="modules trained in full and saved with the adapter (like PEFT's modules_to_save)", factory=list
+    )
 
     def __post_init__(self) -> None:
-        self.targets = _expand(list(self.targets), TARGETS, TARGET_ALIASES, "target")
-        self.parts = _expand(list(self.parts), tuple(PARTS), PART_ALIASES, "part")
+        found = problems(LoraConfig, self.to_dict(), "lora")
+        if found:
+            raise LoraConfigError("; ".join(found), found)
+        self.targets = _expand(list(self.targets), TARGET_ALIASES)
+        self.parts = _expand(list(self.parts), PART_ALIASES)
         self.modules_to_save = list(self.modules_to_save)
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise LoraConfigError(f"lora.rank must be a positive integer (e.g. 4, 8, 16), got {self.rank!r}")
-        if not self.alpha > 0:
-            raise LoraConfigError(f"lora.alpha must be positive (commonly 2 x rank), got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise LoraConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.targets and not self.target_regex:
-            raise LoraConfigError(
-                f"lora.targets is empty and no lora.target_regex is set; choose from {', '.join(TARGETS)}, all"
-            )
-        if self.target_regex:
-            try:
-                re.compile(self.target_regex)
-            except re.error as e:
-                raise LoraConfigError(f"lora.target_regex '{self.target_regex}' is not a valid regex: {e}") from e
+
+    @staticmethod
+    def relation_problems(values, key: str) -> List[str]:
+        if not values.get("targets") and not values.get("target_regex"):
+            return [f"{key}.targets=[]: empty, and no {key}.target_regex is set; choose from {', '.join(TARGETS)}, all"]
+        return []
 
     @property
     def scale(self) -> float:
         return lora_scale(self.alpha, self.rank, self.use_rslora)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":

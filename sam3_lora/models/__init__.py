@@ -1,6 +1,7 @@
 """SAM3 models: sizes (``sizes``), assembly from sam3's classes (``assembly``), the base weights
-(``base_checkpoint``: find, check, load ``sam3.pt``; ``sam3_layout``: write it), the ``model`` config
-group's entries (``builders``) and the toy-pretrained tiny base (``toy_base``)."""
+(``base_checkpoint``: find, check, load ``sam3.pt``; ``sam3_layout``: write it; ``transformers_checkpoint``
+and ``transformers_keymap``: a transformers ``Sam3Model`` folder read as base weights), and the ``model``
+config group's entries (``builders``)."""
 
 from sam3_lora.models.assembly import build_sam3_sized
 from sam3_lora.models.base_checkpoint import BaseCheckpointError

@@ -15,7 +15,7 @@ from torch import nn
 from sam3_lora.models.sizes import SIZES, SAM3Size
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
-from sam3_lora.training.loss import FinitePredictionsMatcher, hungarian_matcher
+from sam3_lora.sam3_compat.matcher import FinitePredictionsMatcher, hungarian_matcher
 
 
 def default_bpe_path() -> str:

@@ -2,7 +2,7 @@
 
 ``sam3.pt`` (Meta's layout, the image model under ``detector.``) loads through sam3's own loader; a
 transformers SAM3 folder or its ``model.safetensors`` (the Hub's transformers layout) is converted on
-load (``sam3_lora/hf/checkpoint.py``).
+load (``sam3_lora/models/transformers_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+import sam3_lora.models.transformers_checkpoint as transformers_checkpoint
 from sam3_lora.core.errors import UserError
-from sam3_lora.hf import checkpoint as transformers_checkpoint
 
 HF_REPO = "facebook/sam3"
 

@@ -17,7 +17,7 @@ from sam3_lora.models.base_checkpoint import HF_REPO, BaseCheckpointError, load_
 from sam3_lora.models.sizes import SIZES
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
-from sam3_lora.training.loss import FinitePredictionsMatcher
+from sam3_lora.sam3_compat.matcher import FinitePredictionsMatcher
 
 
 def build_sam3(
@@ -61,14 +61,21 @@ def build_sam3(
 
 
 def build_model(
-    name: str, checkpoint_path: Optional[str] = None, overrides: Optional[dict] = None, **kwargs
+    name: str,
+    checkpoint_path: Optional[str] = None,
+    load_from_hub: bool = False,
+    random_init: bool = False,
+    bpe_path: Optional[str] = None,
+    eval_mode: bool = False,
+    overrides: Optional[dict] = None,
 ) -> nn.Module:
-    """Entry used by the ``model`` config group: ``sam3`` or a named size."""
+    """Entry of the ``model`` config group (settings: ``sam3_lora/models/config.py``): ``sam3`` or a
+    named size (``overrides``: of that size's numbers)."""
     if name == "sam3":
-        return build_sam3(checkpoint_path=checkpoint_path, **kwargs)
+        return build_sam3(checkpoint_path, load_from_hub, random_init, bpe_path, eval_mode)
     if name not in SIZES:
         raise ValueError(f"unknown model '{name}'; choose one of: sam3, {', '.join(SIZES)}")
-    model = build_sam3_sized(dataclasses.replace(SIZES[name], **(overrides or {})), **kwargs)
+    model = build_sam3_sized(dataclasses.replace(SIZES[name], **(overrides or {})), bpe_path, eval_mode)
     if checkpoint_path:
         if not Path(checkpoint_path).exists():
             raise BaseCheckpointError(f"checkpoint for model '{name}' not found at '{checkpoint_path}'")

@@ -80,9 +80,6 @@ SIZES = {
     # an object spans several patches, as it does at 1008 px; tiny's boxes stay coarse) with few queries
     # (a toy image holds one or two objects).
     "toy": dataclasses.replace(TINY, patch_size=8, window_size=7, num_queries=5),
-    # The toy world's base (model=sam3_tiny_toy): the tiny size on a finer patch grid (14 x 14 instead of
-    # 8 x 8: an 8-pixel patch, so objects span several patches, as they do at 1008 px) with few queries
-    # (toy images hold one or two objects). Its boxes need the finer grid; tiny's stay coarse.
     # Big enough that matrix work dominates (for CPU benchmarks), still minutes not hours.
     "medium": SAM3Size(
         img_size=224,

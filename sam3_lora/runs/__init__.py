@@ -1,1 +1,1 @@
-"""A training run's directory: its file layout, and the tuned model it holds."""
+"""A training run's directory: its file layout, its results.json, and a sweep's runs as one report."""

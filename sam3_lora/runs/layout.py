@@ -13,8 +13,6 @@ HYDRA_OVERRIDES = ".hydra/overrides.yaml"
 TRAINING_LOG = "training.log"
 RESULTS = "results.json"  # the final summary: held-out scores, throughput, memory
 METRICS = "metrics.json"  # validation scores per evaluation
-BASE_METRICS = "base_metrics.json"  # the frozen base's held-out score, from before training
-RETENTION_BASE_METRICS = "retention_base_metrics.json"  # the frozen base on the retention dataset, from before training
 MODEL_CARD = "README.md"  # the Hugging Face model card (sam3_lora/hf/model_card.py)
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -31,8 +29,10 @@ def full_weights_file(tag: str) -> str:
     return f"model_{tag}.pt"
 
 
-def weights_file(tag: str, lora: bool) -> str:
-    return adapter_file(tag) if lora else full_weights_file(tag)
+def heldout_scores(role: str) -> str:
+    """``heldout_target.json`` / ``heldout_retention.json``: a dataset's held-out scores, the frozen
+    base's (from before training: a resumed run reuses them) and the tuned model's."""
+    return f"heldout_{role}.json"
 
 
 def hydra_config(run_dir) -> Path:

@@ -19,7 +19,6 @@ Files, beside the runs: ``sweep_report.md`` (the table and what it shows), ``swe
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import re
@@ -32,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sam3_lora.runs import layout
+from sam3_lora.runs.results import RunResults
 
 log = logging.getLogger("sam3_lora.report")
 
@@ -56,7 +56,7 @@ class Run:
     setup: str
     seed: Optional[int]
     base: Dict[str, float]
-    full_finetune: bool  # lora=none: results.json scores a "finetuned" model, not a "lora" one
+    full_finetune: bool  # lora=none: results.json scores a "finetuned" model
     retention: Optional[dict]
     values: Dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -74,24 +74,21 @@ def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
 
 
 def read_run(results_file: Path) -> Run:
-    r = json.loads(results_file.read_text())
-    results = r.get("results", {})
-    tuned = results.get("lora") or results.get("finetuned") or {}
-    retention = r.get("retention")
+    r = RunResults.read(results_file)
     run = Run(
         path=results_file.parent,
-        setup=r.get("overrides") or "",  # the overrides until collect() names the setup
-        seed=r.get("seed"),
-        base=results.get("base") or {},
-        full_finetune="finetuned" in results and "lora" not in results,
-        retention=retention,
+        setup=r.overrides or "",  # the overrides until collect() names the setup
+        seed=r.seed,
+        base=r.base,
+        full_finetune=r.tuned_label == "finetuned",
+        retention=r.retention,
     )
     for column, key in TARGET:
-        run.values[column] = tuned.get(key)
+        run.values[column] = r.tuned.get(key)
     for column, key in SOURCE:
-        run.values[column] = (retention or {}).get("change", {}).get(key)
-    run.values["trainable_parameters"] = r.get("trainable_parameters")
-    run.values["step_time_s"] = r.get("step_time_s")
+        run.values[column] = (r.retention or {}).get("change", {}).get(key)
+    run.values["trainable_parameters"] = r.trainable_parameters
+    run.values["step_time_s"] = r.step_time_s
     return run
 
 

@@ -1,1 +1,2 @@
-"""The training loop and what it needs: checkpoints, loss, schedules, settings checks, loggers, DDP."""
+"""The training loop and what it needs: its settings, the tuning strategy (LoRA or full), checkpoints,
+loss, optimizer and schedules, loggers, DDP."""

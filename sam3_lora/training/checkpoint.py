@@ -125,6 +125,17 @@ def load_trainable_state(model: torch.nn.Module, state: Dict[str, torch.Tensor],
             params[name].copy_(value)
 
 
+def restore_best(model: torch.nn.Module, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """Load ``best.pt``'s trainable weights into ``model``; return the validation that made them the
+    best (``best.pt`` is written right after it: its history's last entry), or None without one."""
+    path = Path(run_dir) / CHECKPOINT_DIR / BEST
+    if not path.is_file():
+        return None
+    state = load(path)
+    load_trainable_state(model, state["trainable"], path)
+    return (state.get("history") or [None])[-1]
+
+
 # ---------------------------------------------------------------- reading
 def find_resume_checkpoint(run_dir: Path, explicit: Optional[str]) -> Optional[Path]:
     """An explicit ``trainer.resume`` path, else ``last.pt`` already in this run directory."""
@@ -170,8 +181,8 @@ def _safetensors_kind(path: Path) -> Optional[str]:
 def _refused_pickle(path: Path, what: str) -> CheckpointError:
     return CheckpointError(
         f"{path} is not a sam3_lora training checkpoint: it is {what}, which sam3_lora never unpickles because "
-        "loading it could run code. It was written by another program, an untrusted source, or a sam3_lora older "
-        f"than checkpoint format {FORMAT_VERSION}; it was not loaded. {WHAT_RESUMES}"
+        f"loading it could run code. It was written by another program or an untrusted source; it was not loaded. "
+        f"{WHAT_RESUMES}"
     )
 
 
@@ -193,7 +204,7 @@ def _describe(obj: Any) -> str:
             "model_*.pt); base weights go in model.checkpoint_path."
         )
     if "trainable" in obj:
-        return f"a training checkpoint of an older sam3_lora (no '{FORMAT}' tag); start a new run."
+        return f"a training checkpoint without the '{FORMAT}' tag (not written by this sam3_lora); start a new run."
     keys = sorted(map(str, obj))
     return f"a PyTorch file with keys {keys[:6]}{' ...' if len(keys) > 6 else ''}, not a training checkpoint."
 

@@ -8,10 +8,43 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from sam3_lora.core.schema import one_of, setting
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorBoardSettings:
+    subdir: str = setting("tensorboard", "event files go to <run dir>/<subdir>")
+
+
+@dataclass
+class WandbSettings:
+    project: str = setting("sam3_lora", "the wandb project")
+    entity: Optional[str] = setting(None, "the wandb team or user; null: your default")
+    name: Optional[str] = setting(None, "the run's name; null: the run's overrides")
+    group: Optional[str] = setting(None, "the runs' group; null: a sweep's directory")
+    tags: List[str] = setting(doc="tags of the run", factory=list)
+    mode: str = setting(
+        "offline",
+        "offline needs no account (wandb sync later); online streams; disabled logs nothing",
+        one_of("offline", "online", "disabled"),
+    )
+
+
+@dataclass
+class LoggerSettings:
+    """The ``logger`` group: each backend's settings, or null to leave it out. The run adds where and
+    what (``build_loggers``'s other arguments)."""
+
+    _target_: str = "sam3_lora.training.loggers.build_loggers"
+    _partial_: bool = True
+    tensorboard: Optional[TensorBoardSettings] = setting(None, "TensorBoard's settings, or null")
+    wandb: Optional[WandbSettings] = setting(None, "wandb's settings, or null")
 
 
 class TensorBoardLogger:

@@ -1,17 +1,20 @@
-"""Learning-rate schedules (the ``scheduler`` config group), stepped once per optimizer step.
+"""The ``optimizer`` and ``scheduler`` config groups: their settings, and the learning-rate schedules.
 
-Each is a ``LambdaLR`` factor: a small callable object, so ``state_dict`` round-trips.
-The optimizer itself is a plain ``torch.optim`` class instantiated by Hydra over the
-trainable parameters only.
+A schedule is a ``LambdaLR`` factor, stepped once per optimizer step: a small callable object,
+so ``state_dict`` round-trips. The optimizer itself is a plain ``torch.optim`` class instantiated by
+Hydra over the trainable parameters only (LoRA and modules_to_save; everything with lora=none).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import List
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from sam3_lora.core.schema import Valid, at_least, is_number, number_in, positive, setting
 
 
 @dataclass
@@ -83,3 +86,94 @@ def step(
     return LambdaLR(
         optimizer, WarmupStep(_warmup(warmup_steps, warmup_ratio, total_steps), total_steps, tuple(milestones), gamma)
     )
+
+
+# ----------------------------------------------------------------------------- settings
+LR = positive("a positive learning rate (LoRA: about 1e-4 to 3e-3)")
+NON_NEGATIVE = number_in(0, math.inf, "a number >= 0")
+
+
+def _warmup_steps():
+    return setting(0, "optimizer steps of linear warmup from 0; 0: use warmup_ratio", at_least(0))
+
+
+def _warmup_ratio(default: float):
+    return setting(
+        default,
+        "warmup as a fraction of the training steps",
+        number_in(0, 1, "a fraction of the training steps in [0, 1]"),
+    )
+
+
+@dataclass
+class AdamWSettings:
+    """``optimizer=adamw``: ``torch.optim.AdamW``."""
+
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = setting(1e-4, "peak learning rate", LR)
+    weight_decay: float = setting(0.01, "decoupled weight decay", NON_NEGATIVE)
+    betas: List[float] = setting(
+        doc="Adam's moment decays",
+        valid=Valid(
+            lambda b: len(b) == 2 and all(is_number(x) and 0 <= x < 1 for x in b),
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        ),
+        factory=lambda: [0.9, 0.999],
+    )
+    fused: bool = setting(
+        True, "one kernel for the whole update (CPU and CUDA): ~7x faster than the per-tensor loop on CPU"
+    )
+
+
+@dataclass
+class SGDSettings:
+    """``optimizer=sgd``: ``torch.optim.SGD``."""
+
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = setting(1e-2, "learning rate", LR)
+    momentum: float = setting(0.9, "momentum", number_in(0, 1, "a number in [0, 1]"))
+    weight_decay: float = setting(0.0, "L2 weight decay", NON_NEGATIVE)
+    nesterov: bool = setting(True, "Nesterov momentum")
+
+
+@dataclass
+class WarmupCosineSettings:
+    """``scheduler=warmup_cosine``: linear warmup, then cosine decay."""
+
+    _target_: str = "sam3_lora.training.optim.warmup_cosine"
+    _partial_: bool = True
+    warmup_steps: int = _warmup_steps()
+    warmup_ratio: float = _warmup_ratio(0.05)
+    min_lr_ratio: float = setting(
+        0.01, "the final lr as a fraction of the peak", number_in(0, 1, "a fraction of the peak lr in [0, 1]")
+    )
+
+
+@dataclass
+class ConstantSettings:
+    """``scheduler=constant``: linear warmup, then the peak lr."""
+
+    _target_: str = "sam3_lora.training.optim.constant"
+    _partial_: bool = True
+    warmup_steps: int = _warmup_steps()
+    warmup_ratio: float = _warmup_ratio(0.0)
+
+
+@dataclass
+class StepSettings:
+    """``scheduler=step``: linear warmup, then the lr times ``gamma`` at each milestone."""
+
+    _target_: str = "sam3_lora.training.optim.step"
+    _partial_: bool = True
+    milestones: List[float] = setting(
+        doc="fractions of training where the lr is multiplied by gamma",
+        valid=Valid(
+            lambda ms: all(is_number(m) and 0 < m < 1 for m in ms), "fractions of training in (0, 1), e.g. [0.66, 0.9]"
+        ),
+        factory=lambda: [0.66, 0.9],
+    )
+    gamma: float = setting(0.1, "the factor at each milestone", positive("a positive factor"))
+    warmup_steps: int = _warmup_steps()
+    warmup_ratio: float = _warmup_ratio(0.0)

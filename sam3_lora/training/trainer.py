@@ -3,8 +3,9 @@
 One loop, readable top to bottom: ``fit`` -> epochs -> per optimizer step, ``grad_accum``
 micro-batches (``_forward_backward``) then ``_optimizer_step``; after each epoch ``evaluate``
 then ``save`` (which records an improved score only once the best files are written).
-Trains whatever requires a gradient: the LoRA adapter (and any ``modules_to_save``),
-or every weight when no LoRA is configured (full fine-tuning, for comparison).
+Trains the model it is handed, on its device, as it is (speed levers and activation
+checkpointing are applied before): whatever requires a gradient, the LoRA adapter (and any
+``modules_to_save``), or every weight under full fine-tuning.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
 from sam3_lora.core.atomic_files import WriteError, atomic_save, remove_stale_temp_files, written_together
-from sam3_lora.core.conf import CONF_DIR
-from sam3_lora.core.device import peak_memory_gb, resolve_amp, resolve_device
+from sam3_lora.core.device import peak_memory_gb, resolve_amp
 from sam3_lora.core.errors import UserError
-from sam3_lora.evaluation.coco import Evaluator
+from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.runs import layout
-from sam3_lora.speed.levers import apply_speed_levers
+from sam3_lora.sam3_compat.matcher import NonFinitePredictions
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
+from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.distributed import DistInfo
 from sam3_lora.training.loggers import Loggers
-from sam3_lora.training.loss import NonFinitePredictions, compute_loss, core_loss
+from sam3_lora.training.loss import compute_loss, core_loss
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class DivergedError(NonFiniteLossError):
     """The trainable weights became NaN/inf: no later batch can recover, so training stops."""
 
 
-class BaseDtypeError(UserError, ValueError):
-    """``trainer.base_dtype`` asked for without the autocast it needs."""
-
-
 class Preempted(UserError, RuntimeError):
     """A stop signal arrived (SLURM time limit, preemption, scancel); the state was saved."""
 
@@ -58,42 +54,6 @@ class Preempted(UserError, RuntimeError):
 # SLURM's warning before a time limit or preemption (submitit uses USR2, plain sbatch
 # --signal often USR1) and the SIGTERM that precedes a kill.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-
-
-@dataclass
-class TrainerConfig:
-    """The ``trainer`` config group's settings. Their defaults and meanings are written once, in
-    ``conf/trainer/default.yaml``; code that builds a trainer without Hydra starts from them
-    (:meth:`from_group`)."""
-
-    max_epochs: int
-    max_steps: Optional[int]
-    batch_size: int
-    num_workers: int
-    grad_accum: int
-    clip_grad: Optional[float]
-    amp: str
-    activation_checkpointing: bool
-    text_cache: bool
-    compile: bool
-    base_dtype: Optional[str]
-    eval_every: int
-    save_every: int
-    best_metric: str
-    log_every: int
-    max_dets: int
-    resume: Optional[str]
-    auto_resume: bool
-    deterministic: bool
-    max_bad_steps: int
-    device: str
-
-    @classmethod
-    def from_group(cls, **overrides) -> "TrainerConfig":
-        """``conf/trainer/default.yaml`` with ``overrides``, as ``trainer.key=value`` would give."""
-        values = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "trainer" / "default.yaml"))
-        values.pop("_target_")
-        return cls(**{**values, **overrides})
 
 
 class Trainer:
@@ -110,18 +70,15 @@ class Trainer:
         run_dir: Path,
         cfg: TrainerConfig,
         save_weights: Callable[[nn.Module, str], None],
+        device: torch.device,
         dist_info: DistInfo = DistInfo(),
         run_record: Optional[dict] = None,
         resume_from: Optional[ckpt.Resume] = None,
     ):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = device
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        # the text cache steps aside by itself while the text encoder trains
-        self.text_cache = apply_speed_levers(
-            model, text_cache=cfg.text_cache, base_dtype=self._base_dtype(), compile=cfg.compile
-        )
-        self.model = model.to(self.device)
+        self.model = model
         self.loss_fn = loss_fn
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params)
@@ -138,7 +95,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / ckpt.CHECKPOINT_DIR
         self.save_weights = save_weights  # (model, "best" | "last"): the shippable adapter or weights
         self.run_record = run_record  # the run's settings, kept in each checkpoint (ckpt.run_record)
-        self.resume_from = resume_from  # already read and checked by the caller; else found in fit()
+        self.resume_from = resume_from  # the checkpoint to continue, already read and checked by the caller
         self.dist = dist_info
         self.is_main = dist_info.is_main
         # DDP all-reduces the trainable parameters' gradients; LoRA-only training leaves no
@@ -159,7 +116,6 @@ class Trainer:
         self.pending_best: Optional[float] = None  # an improved score, recorded once its files are written
         self.bad_steps = 0  # consecutive non-finite losses, across epoch boundaries
         self.history: list = []
-        self._apply_activation_checkpointing()
 
     # ---------------------------------------------------------------- setup
     def _weights_finite(self) -> bool:
@@ -180,24 +136,6 @@ class Trainer:
             + (f"point: {saved} holds the last saved state." if saved.is_file() else "point; nothing was saved before.")
             + " Start a new run with a lower optimizer.lr."
         )
-
-    def _base_dtype(self) -> Optional[torch.dtype]:
-        """``trainer.base_dtype``, refused without the bf16 autocast it needs."""
-        if self.cfg.base_dtype is None:
-            return None
-        if self.cfg.base_dtype != "bf16" or self.amp_dtype != torch.bfloat16:
-            raise BaseDtypeError(
-                f"trainer.base_dtype={self.cfg.base_dtype} needs bf16 autocast, but trainer.amp={self.cfg.amp} gives "
-                f"{self.amp_dtype or 'fp32'} on {self.device}: set trainer.amp=bf16 (auto is bf16 on CUDA), or "
-                "trainer.base_dtype=null"
-            )
-        return torch.bfloat16
-
-    def _apply_activation_checkpointing(self) -> None:
-        trunk = getattr(getattr(self.model, "backbone", None), "vision_backbone", None)
-        trunk = getattr(trunk, "trunk", None)
-        if trunk is not None and hasattr(trunk, "use_act_checkpoint"):
-            trunk.use_act_checkpoint = self.cfg.activation_checkpointing
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -223,10 +161,9 @@ class Trainer:
         }
 
     def resume(self) -> Optional[Path]:
-        found = self.resume_from or ckpt.find_resume(self.run_dir, self.cfg.resume, self.cfg.auto_resume)
-        if found is None:
+        if self.resume_from is None:
             return None
-        path, state = found.path, found.state
+        path, state = self.resume_from.path, self.resume_from.state
         ckpt.load_trainable_state(self.model, state["trainable"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self._load_schedule(state["scheduler"])

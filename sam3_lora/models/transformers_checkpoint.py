@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora.core.errors import UserError
-from sam3_lora.hf import keymap
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from yaml import YAMLError
 
-from sam3_lora.core.conf import model_builders
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
 from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora
+from sam3_lora.pipeline.settings import model_builders
 from sam3_lora.runs import layout
 from sam3_lora.speed.text_cache import install_text_cache
 

@@ -267,7 +267,7 @@ def counterparts(sam3_name: str, rows: int) -> List[Tuple[str, slice]]:
         reason = sam3_only_reason(sam3_name)
         raise KeyMapError(
             f"{sam3_name} has no counterpart in transformers' Sam3Model"
-            + (f" ({reason})" if reason else ": no rule in sam3_lora/hf/keymap.py covers it")
+            + (f" ({reason})" if reason else ": no rule in sam3_lora/models/transformers_keymap.py covers it")
         )
     rule, fields = hit
     if rule.kind == PACKED_QKV:

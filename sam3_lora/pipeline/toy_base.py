@@ -1,8 +1,9 @@
-"""A small SAM3 pretrained on the toy ``base`` domain: the frozen base of the quick start.
+"""A small SAM3 pretrained on the toy ``base`` domain: the frozen base of the quick start (``model=sam3_tiny_toy``).
 
-Made by this project, not downloaded: a short full training run of the tiny model on
-synthetic shapes, with the same trainer and loss as everything else. The weights are
-cached (sam3.pt layout) under a key of the recipe, so only the first run pays for it.
+Made by this project, not downloaded: a short full training run of the toy-size model on synthetic
+shapes, with the same trainer and loss as everything else. The weights are cached (sam3.pt layout)
+under a key of the recipe, so only the first run pays for it. A recipe that trains sits above the
+models and the trainer both: building this ``model`` option may train.
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import hashlib
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sam3_lora.core.device import seed_everything
+from sam3_lora.core.schema import at_least, positive, setting
 from sam3_lora.data import toy
-from sam3_lora.data.coco import Split, build_dataset, build_loader
+from sam3_lora.data.config import Split
+from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 from sam3_lora.models import build_model
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
 from sam3_lora.training.checkpoint import rng_state, set_rng_state
+from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.loggers import Loggers
 from sam3_lora.training.loss import build_sam3_loss
 from sam3_lora.training.optim import warmup_cosine
-from sam3_lora.training.trainer import Trainer, TrainerConfig
+from sam3_lora.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch
     loader = build_loader(
         build_dataset(split, model.image_size, training=True), batch_size, True, num_workers=1, seed=seed
     )
-    cfg = TrainerConfig.from_group(
+    cfg = TrainerConfig(
         max_epochs=10**6,
         max_steps=steps,
         batch_size=batch_size,
@@ -113,9 +118,34 @@ def _pretrain(data: Path, path: Path, recipe: dict, steps: int, lr: float, batch
             run_dir=Path(scratch),
             cfg=cfg,
             save_weights=lambda m, tag: None,
+            device=torch.device("cpu"),
         )
         trainer.fit()
     save_sam3_checkpoint(model, path, recipe=recipe)
+
+
+@dataclass
+class ToyBaseSettings:
+    """``model=sam3_tiny_toy``: the recipe of the toy base (a different recipe is another cached base)."""
+
+    _target_: str = "sam3_lora.pipeline.toy_base.build_toy_base_model"
+    name: str = setting("tiny_toy", "the model's name in adapters, results and cards")
+    cache_dir: str = setting(
+        "${oc.env:SAM3_LORA_CACHE,'~/.cache/sam3_lora'}", "where the pretrained weights are cached", names_run=False
+    )
+    steps: int = setting(1500, "pretraining optimizer steps", at_least(1))
+    lr: float = setting(
+        1e-3, "pretraining peak learning rate (AdamW, warmup and cosine)", positive("a positive learning rate")
+    )
+    batch_size: int = setting(4, "pretraining images per step", at_least(1))
+    seed: int = setting(0, "the pretraining run's seed (data and initialisation)")
+    train_images: int = setting(400, "base-domain images generated for pretraining", at_least(1))
+
+    def weights(self) -> str:
+        """Where the weights come from (``check`` prints it)."""
+        return (
+            f"pretrained by this project on toy shapes ({self.steps} steps, first use only; cached in {self.cache_dir})"
+        )
 
 
 def build_toy_base_model(
@@ -126,8 +156,8 @@ def build_toy_base_model(
     batch_size: int = 4,
     seed: int = 0,
     train_images: int = 400,
-    **kwargs,
+    eval_mode: bool = False,
 ):
     """Entry of ``model=sam3_tiny_toy``: the toy-size SAM3 with the cached toy-pretrained weights."""
     path = ensure_toy_base(cache_dir, steps, lr, batch_size, seed, train_images)
-    return build_model(TOY_SIZE, checkpoint_path=str(path), **kwargs)
+    return build_model(TOY_SIZE, checkpoint_path=str(path), eval_mode=eval_mode)

@@ -1,0 +1,113 @@
+"""A run's held-out scores: its target dataset and its retention dataset (if any), each scored with the
+frozen base before tuning and with the best tuned model after, by one rule (``evaluation/heldout.py``).
+
+Each dataset's scores are kept in ``heldout_<role>.json`` in the run directory: the base's are
+written before training, so a resumed run reuses them rather than scoring a model that has trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from sam3_lora.data.prepare import PreparedDataset
+from sam3_lora.evaluation.heldout import HeldoutScore, HeldoutScorer
+from sam3_lora.runs import layout
+
+TARGET, RETENTION = "target", "retention"
+# How the tuned model's threshold on the target's held-out split came about (training's validations).
+RECORDED = "recorded at its best validation evaluation (chosen on 'valid')"
+
+
+@dataclass
+class Scores:
+    """One dataset's held-out scores: the frozen base's and the tuned model's (flat metrics), with notes."""
+
+    dataset: str
+    split: str
+    base: Optional[Dict[str, float]] = None
+    tuned: Optional[Dict[str, float]] = None
+    base_notes: Optional[List[str]] = None
+    tuned_notes: Optional[List[str]] = None
+
+    def change(self) -> Dict[str, float]:
+        """tuned - base (negative = lost); a stat COCOeval could not score (-1) has no change."""
+        if not self.base or not self.tuned:
+            return {}
+        return {k: v - self.base[k] for k, v in self.tuned.items() if k in self.base and v >= 0 and self.base[k] >= 0}
+
+
+@dataclass
+class ScoredDataset:
+    """A dataset a run scores, as ``role`` (target or retention), and where its scores are kept."""
+
+    role: str
+    scorer: HeldoutScorer
+    path: Path
+    scores_base: bool  # the target's base only with final_eval.compare_base; the retention's always
+
+    def read(self) -> Scores:
+        if self.path.is_file():
+            return Scores(**json.loads(self.path.read_text()))
+        return Scores(self.scorer.data.name, self.scorer.split)
+
+    def write(self, scores: Scores) -> None:
+        self.path.write_text(json.dumps(vars(scores), indent=1))
+
+
+def scored_datasets(
+    run_dir: Path,
+    target: PreparedDataset,
+    retention: Optional[PreparedDataset],
+    preferred_split: str,
+    compare_base: bool,
+    loader_settings: Dict,
+) -> List[ScoredDataset]:
+    """The target (when it has a held-out split) and the retention dataset, each with its scorer.
+    ``loader_settings``: ``image_size``, ``batch_size``, ``num_workers``, ``max_dets``."""
+    entries = []
+    if preferred_split in target.splits or "valid" in target.splits:
+        scorer = HeldoutScorer(target, target.heldout(preferred_split), **loader_settings)
+        entries.append(ScoredDataset(TARGET, scorer, run_dir / layout.heldout_scores(TARGET), compare_base))
+    if retention is not None:
+        scorer = HeldoutScorer(retention, retention.heldout(), **loader_settings)
+        entries.append(ScoredDataset(RETENTION, scorer, run_dir / layout.heldout_scores(RETENTION), True))
+    return entries
+
+
+def score_base(entries: List[ScoredDataset], model: nn.Module, device: torch.device) -> Dict[str, Scores]:
+    """The frozen base on each held-out split, unless a resumed run's files hold its scores already.
+
+    Scoring draws from torch's random stream (the loaders' seeds): forked, so LoRA's initialisation and
+    the training order are the same whether or not the base is scored."""
+    found = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for entry in entries:
+            scores = entry.read()
+            if entry.scores_base and scores.base is None:
+                scored = entry.scorer.score(model.to(device), device)
+                scores.base, scores.base_notes = scored.metrics, scored.notes
+                entry.write(scores)
+            found[entry.role] = scores
+    return found
+
+
+def score_tuned(
+    entries: List[ScoredDataset], model: nn.Module, device, autocast, recorded_threshold: Optional[float]
+) -> Dict[str, Scores]:
+    """The tuned model on each held-out split: the target's at the threshold recorded at its best
+    validation (when there is one), the retention's at the threshold chosen on its own valid split."""
+    found = {}
+    for entry in entries:
+        given = recorded_threshold if entry.role == TARGET else None
+        scored: HeldoutScore = entry.scorer.score(model, device, autocast, given=given, given_as=RECORDED)
+        scores = entry.read()
+        scores.tuned, scores.tuned_notes = scored.metrics, scored.notes
+        entry.write(scores)
+        found[entry.role] = scores
+    return found

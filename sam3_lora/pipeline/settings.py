@@ -1,0 +1,275 @@
+"""A run's settings: each config group's schema registered with Hydra, the composed config checked once
+(every problem at once, nothing built, no data read), and the checks that span groups.
+
+``train`` and ``check`` both call :func:`check_settings`, so they refuse exactly the same settings.
+The schemas live beside the code they configure (``TrainerConfig``, ``LoraConfig``, ``DatasetConfig``,
+the optimizer, scheduler, logger and model settings); each ``conf/<group>/*.yaml`` names its schema in
+its defaults list (``- /<name>_schema@_here_``) and holds a preset's values only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sam3_lora.core.conf import CONF_DIR
+from sam3_lora.core.device import resolve_amp, resolve_device
+from sam3_lora.core.errors import UserError
+from sam3_lora.core.schema import one_of, problems, run_name_exclusions, setting, with_target
+from sam3_lora.data.config import DatasetConfig
+from sam3_lora.lora import LoraConfig, LoraConfigError
+from sam3_lora.models.config import ModelSettings
+from sam3_lora.pipeline.toy_base import ToyBaseSettings
+from sam3_lora.training.config import TrainerConfig
+from sam3_lora.training.loggers import LoggerSettings
+from sam3_lora.training.optim import AdamWSettings, ConstantSettings, SGDSettings, StepSettings, WarmupCosineSettings
+from sam3_lora.training.tuning import Tuning, tuning_from
+
+
+class ConfigError(UserError, ValueError):
+    """Settings that cannot work, each with its key, value and what is valid."""
+
+
+@dataclass
+class FinalEval:
+    split: str = setting(
+        "test",
+        "the split the best model is scored on after training (valid when it is absent)",
+        one_of("train", "valid", "test"),
+    )
+    compare_base: bool = setting(True, "score the frozen base on it too, before training")
+
+
+@dataclass
+class TrainSchema:
+    """``conf/train.yaml``'s own settings; each group is typed by its option's schema."""
+
+    seed: int = setting(0, "seeds python, numpy and torch before anything is drawn")
+    final_eval: FinalEval = setting(doc="scoring after training", factory=FinalEval)
+    model: Any = setting(None, "the model group")
+    lora: Any = setting(None, "the lora group (lora=none, empty: full fine-tuning)")
+    dataset: Any = setting(None, "the dataset group")
+    retention: Any = setting(None, "the retention group: a second dataset scored before and after tuning")
+    optimizer: Any = setting(None, "the optimizer group")
+    scheduler: Any = setting(None, "the scheduler group")
+    trainer: Any = setting(None, "the trainer group")
+    logger: Any = setting(None, "the logger group")
+
+
+# The config store's nodes, by the names the YAML defaults lists use.
+SCHEMAS = {
+    "train_schema": TrainSchema,
+    "model_schema": ModelSettings,
+    "toy_base_model_schema": ToyBaseSettings,
+    "lora_schema": with_target(LoraConfig),
+    "dataset_schema": with_target(DatasetConfig),
+    "trainer_schema": with_target(TrainerConfig),
+    "adamw_schema": AdamWSettings,
+    "sgd_schema": SGDSettings,
+    "warmup_cosine_schema": WarmupCosineSettings,
+    "constant_schema": ConstantSettings,
+    "step_schema": StepSettings,
+    "logger_schema": LoggerSettings,
+}
+MODEL_SCHEMAS = (ModelSettings, ToyBaseSettings)
+# The sections checked against their schema (the lora group is the tuning strategy's to read:
+# training/tuning.py), and the order problems are listed in.
+CHECKED = ("trainer", "optimizer", "scheduler", "final_eval", "dataset", "retention", "model", "logger")
+ORDER = ("trainer", "optimizer", "scheduler", "final_eval", "lora", "dataset", "retention", "model", "logger")
+# Groups that never name a sweep point's directory: how and where it ran, not what it trained.
+UNNAMED_GROUPS = ("experiment", "launcher", "logger")
+
+
+def register() -> None:
+    """Put the schemas in Hydra's config store (idempotent), and the resolver of run names."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=name, node=node)
+    if not OmegaConf.has_resolver("sam3_lora.keys_not_in_run_names"):
+        OmegaConf.register_new_resolver("sam3_lora.keys_not_in_run_names", keys_not_in_run_names)
+
+
+def keys_not_in_run_names() -> List[str]:
+    """``hydra.job.config.override_dirname.exclude_keys``: paths and machine settings (fields declared
+    ``names_run=False``) and how a run was launched; a sweep point is named by what it trains."""
+    keys = list(UNNAMED_GROUPS)
+    for group, schemas in (
+        ("trainer", (TrainerConfig,)),
+        ("dataset", (DatasetConfig,)),
+        ("retention", (DatasetConfig,)),
+        ("model", MODEL_SCHEMAS),
+    ):
+        for schema in schemas:
+            keys += run_name_exclusions(schema, group)
+    return list(dict.fromkeys(keys))
+
+
+def model_builders() -> frozenset:
+    """The ``_target_``s of the ``model`` group: all a run directory's config may build."""
+    return frozenset(f.default for schema in MODEL_SCHEMAS for f in dataclasses.fields(schema) if f.name == "_target_")
+
+
+def compose(name: str, overrides: Iterable[str] = ()) -> DictConfig:
+    """The config ``python -m sam3_lora.<name> <overrides>`` runs with (without ``hydra:``); a setting
+    Hydra refuses while composing (a wrong type, a removed key) is a :class:`ConfigError`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    register()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"invalid settings (nothing was built or read yet):\n- {_one_line(e)}") from e
+
+
+def _one_line(e: Optional[BaseException]) -> str:
+    """Hydra's and OmegaConf's composition errors (a message, its causes, the key) on one line."""
+    lines, key = [], None
+    while e is not None:
+        for line in (line.strip() for line in str(e).splitlines()):
+            if line.startswith("full_key:"):
+                key = line.split(":", 1)[1].strip()
+            elif line and not line.startswith("object_type="):
+                lines.append(line)
+        e = e.__cause__
+    text = " ".join(dict.fromkeys(lines))
+    return f"{text} (key {key})" if key else text
+
+
+@dataclass
+class RunSettings:
+    """A training run's settings, checked and typed. ``config``: as composed (what the run records,
+    and the sections of the groups that build objects: model, optimizer, scheduler, logger)."""
+
+    config: DictConfig
+    seed: int
+    trainer: TrainerConfig
+    dataset: DatasetConfig
+    retention: Optional[DatasetConfig]
+    tuning: Tuning
+    final_eval: FinalEval
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+
+def check_settings(cfg: DictConfig) -> RunSettings:
+    """Every setting of a composed training config checked, then the typed settings; a
+    :class:`ConfigError` lists every problem at once."""
+    missing = _missing_keys(cfg)
+    if missing:  # ??? in a config: a value only the user can give
+        raise ConfigError(
+            "invalid settings (nothing was built or read yet):\n- "
+            + "\n- ".join(f"{key} is required: set {key}=... on the command line" for key in missing)
+        )
+    try:  # every ${...} must resolve: the run records (and compares on resume) the resolved config
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
+    found: List[str] = []
+    by_section = {key: _section_problems(cfg, values, key) for key in CHECKED}
+    tuning = None
+    try:
+        tuning = tuning_from(values)
+    except LoraConfigError as e:
+        by_section["lora"] = e.problems
+    found += [line for key in ORDER for line in by_section.get(key, [])]
+    found += [] if found else _relation_problems(values)
+    built = {}
+    if not found:
+        for key, kind in (("trainer", TrainerConfig), ("dataset", DatasetConfig), ("retention", DatasetConfig)):
+            built[key] = _build(cfg.get(key), key, kind, found)
+    if found:
+        raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(found))
+    return RunSettings(
+        config=cfg,
+        seed=cfg.seed,
+        trainer=built["trainer"],
+        dataset=built["dataset"],
+        retention=built["retention"],
+        tuning=tuning,
+        final_eval=FinalEval(**values["final_eval"]),
+    )
+
+
+def _missing_keys(node: DictConfig, prefix: str = "") -> List[str]:
+    """The keys whose value is ``???`` (interpolations are not followed)."""
+    found = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            found.append(path)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            found += _missing_keys(child, f"{path}.")
+    return found
+
+
+def _section_problems(cfg: DictConfig, values: dict, key: str) -> List[str]:
+    node = cfg.get(key)
+    if not node:  # retention=none, or the group left out
+        return []
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return [f"{key}: the option has no schema (its YAML needs `- /<name>_schema@_here_` in its defaults)"]
+    return problems(schema, values[key], key)
+
+
+def _relation_problems(values: dict) -> List[str]:
+    """Settings valid alone that do not work together, or not on this machine."""
+    trainer = values.get("trainer") or {}
+    found: List[str] = []
+    device = resolve_device(trainer.get("device", "auto"))
+    if device.type == "cuda" and not _cuda_available():
+        found.append(
+            f"trainer.device={trainer.get('device')!r}: no CUDA GPU is visible to torch here; use trainer.device=auto or cpu"
+        )
+        return found
+    if trainer.get("base_dtype") == "bf16":
+        import torch
+
+        amp = resolve_amp(trainer.get("amp", "auto"), device)
+        if amp != torch.bfloat16:
+            found.append(
+                f"trainer.base_dtype='bf16': needs bf16 autocast, but trainer.amp={trainer.get('amp')} gives "
+                f"{amp or 'fp32'} on {device}: set trainer.amp=bf16 (auto is bf16 on CUDA), or trainer.base_dtype=null"
+            )
+    return found
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _build(node: Optional[DictConfig], key: str, kind: type, found: List[str]):
+    """The typed object a checked section builds (None for an empty section); a ``_target_`` that
+    builds something else, or fails, is a problem naming the key."""
+    if not node:
+        return None
+    try:
+        built = instantiate(node)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps what the target raised
+        found.append(f"{key}: {e.__cause__ or e}")
+        return None
+    if not isinstance(built, kind):
+        found.append(
+            f"{key}._target_={node.get('_target_')!r} built a {type(built).__name__}, not a "
+            f"{kind.__module__}.{kind.__qualname__}"
+        )
+    return built
+
+
+register()  # on import: every command composes through these schemas

@@ -1,0 +1,108 @@
+"""``results.json``: what a finished training run records about itself, written by ``train`` and read
+back by the sweep report and the model cards (one schema, here).
+
+``results`` holds the held-out scores: ``base`` (the frozen base, before training) and the tuned
+model under its tuning's label (``lora``, or ``finetuned`` for full fine-tuning); ``retention``, when
+the run had a retention dataset, its scores before and after and their change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from sam3_lora.runs import layout
+
+TUNED_LABELS = ("lora", "finetuned")
+
+
+@dataclass
+class DatasetFacts:
+    """A training set as results and cards show it: name, where it was, images and annotations per
+    split, categories."""
+
+    name: str
+    root: str
+    splits: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    categories: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_annotations(cls, name: str, root: str, ann_files: Mapping[str, str]) -> "DatasetFacts":
+        facts = cls(name=str(name), root=str(root))
+        for split, ann_file in ann_files.items():
+            coco = json.loads(Path(ann_file).read_text())
+            facts.splits[split] = {
+                "images": len(coco.get("images", [])),
+                "annotations": len(coco.get("annotations", [])),
+            }
+            for category in coco.get("categories", []):
+                if category.get("name") not in facts.categories:
+                    facts.categories.append(category.get("name"))
+        return facts
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["DatasetFacts"]:
+        return cls(**d) if d else None
+
+    @property
+    def label(self) -> str:
+        """The name a card gives it: ``dataset=coco`` is the option for any COCO folder, so its folder names it."""
+        return (Path(self.root).name or self.name) if self.name == "coco" else self.name
+
+
+@dataclass
+class RunResults:
+    """The schema of ``results.json``."""
+
+    results: Dict[str, Dict[str, float]]
+    heldout_split: Optional[str] = None
+    tuning: Dict[str, Any] = field(default_factory=dict)  # {"label": "lora" | "finetuned", "config": LoRA's or None}
+    wall_time_s: Optional[float] = None
+    trainable_parameters: Optional[int] = None
+    best_val: Optional[float] = None
+    images_per_s: Optional[float] = None
+    peak_memory_gb: Optional[float] = None
+    world_size: int = 1
+    overrides: str = ""
+    seed: Optional[int] = None
+    step_time_s: Optional[float] = None
+    dataset: Optional[DatasetFacts] = None
+    notes: List[str] = field(default_factory=list)
+    retention: Optional[Dict[str, Any]] = None  # {"dataset", "split", "base", "tuned", "change"}
+
+    @property
+    def tuned_label(self) -> Optional[str]:
+        return self.tuning.get("label") or next((k for k in TUNED_LABELS if k in self.results), None)
+
+    @property
+    def base(self) -> Dict[str, float]:
+        return self.results.get("base") or {}
+
+    @property
+    def tuned(self) -> Dict[str, float]:
+        return self.results.get(self.tuned_label or "", {}) or {}
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        if self.retention is None:
+            d.pop("retention")
+        return d
+
+    def write(self, run_dir) -> Path:
+        path = Path(run_dir) / layout.RESULTS
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, path) -> "RunResults":
+        """A ``results.json`` (or the run directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / layout.RESULTS
+        d = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known and v is not None}
+        values["dataset"] = DatasetFacts.from_dict(d.get("dataset"))
+        return cls(**{"results": {}, **values})
