@@ -32,6 +32,7 @@ from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.data.prepare import MissingSplitError, prepare_dataset
 from sam3_lora.evaluation import saco
 from sam3_lora.evaluation.heldout import HeldoutScorer
+from sam3_lora.pipeline.settings import run_command
 from sam3_lora.pipeline.tuned import load_tuned
 
 log = logging.getLogger("sam3_lora.evaluate")
@@ -117,7 +118,7 @@ def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
         "score_threshold": {"value": score.metrics[saco.THRESHOLD_KEY], "chosen_on": held.threshold_chosen_on},
         "num_detections": score.num_detections,
         "num_images": report.num_images,
-        "notes": held.notes,
+        "notes": tuned.notes + held.notes,
     }
     out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))
     on = f"{tuned.dataset.name}_" if dataset_given and cfg.run_dir else ""
@@ -125,7 +126,7 @@ def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{tuned.describe()} on '{cfg.split}' ({report.ann_file}, {report.num_images} images)"
     source = "as given" if held.threshold_chosen_on is None else f"chosen on '{held.threshold_chosen_on}'"
-    text = table(title, score.metrics, score.per_category, held.notes, score.per_category_saco, source)
+    text = table(title, score.metrics, score.per_category, result["notes"], score.per_category_saco, source)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{stem}.txt").write_text(text + "\n")
     log.info("\n%s\nwritten: %s", text, out_dir / f"{stem}.json")
@@ -140,4 +141,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

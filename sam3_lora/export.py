@@ -37,6 +37,7 @@ from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
 from sam3_lora.models.assembly import measure_size
 from sam3_lora.models.sam3_layout import save_sam3_state
 from sam3_lora.models.transformers_keymap import summarise
+from sam3_lora.pipeline.settings import run_command
 from sam3_lora.pipeline.tuned import Tuned, load_tuned, output_dir
 from sam3_lora.runs import layout
 
@@ -172,4 +173,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

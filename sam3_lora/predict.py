@@ -3,8 +3,11 @@
 For an image, a folder or a glob, and one or more text prompts, writes an overlay PNG per
 image (masks, boxes, prompt and score) and ``predictions.coco.json``: a COCO dataset whose
 categories are the prompts and whose annotations carry RLE masks, boxes and scores
-(``pycocotools.coco.COCO`` loads it). Every input is checked before anything is written;
-files in the folder or glob that are not images are skipped and listed in the summary.
+(``pycocotools.coco.COCO`` loads it). Every input is checked before anything is written.
+Entries of the folder or glob that cannot be used (not an image, or an image that does not
+decode) are skipped, each listed with its reason in the summary and in the JSON's
+``info.skipped``; the command fails only when no image is usable, or at the first undecodable
+image with ``stop_on_error=true``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import colorsys
 import glob
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -27,6 +31,7 @@ from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.data.sam3_dataset import build_transforms, collate
 from sam3_lora.evaluation.detections import predict
+from sam3_lora.pipeline.settings import run_command
 from sam3_lora.pipeline.tuned import load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.predict")
@@ -38,15 +43,29 @@ class PredictError(UserError, ValueError):
     """Inputs to predict that cannot be used (no images, undecodable images, no prompts)."""
 
 
-def collect_images(spec: str) -> Tuple[List[Path], List[Path]]:
-    """The images an ``images=`` value names, and what it names that is not an image (skipped)."""
+@dataclass
+class Skipped:
+    """An entry of ``images=`` that was not used, and why."""
+
+    path: Path
+    reason: str
+
+    def name(self) -> str:
+        return f"{self.path.name}/" if self.path.is_dir() else self.path.name
+
+
+def collect_images(spec: str) -> Tuple[List[Path], List[Skipped]]:
+    """The image files an ``images=`` value names, and what it names that is not one (skipped)."""
     path = Path(spec)
     if path.is_file():
         return [path], []
     entries = sorted(path.iterdir()) if path.is_dir() else sorted(Path(p) for p in glob.glob(spec, recursive=True))
-    is_image = [p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries]
-    found = [p for p, image in zip(entries, is_image) if image]
-    skipped = [p for p, image in zip(entries, is_image) if not image]
+    found, skipped = [], []
+    for p in entries:
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(p)
+        else:
+            skipped.append(Skipped(p, "a folder" if p.is_dir() else "not an image file"))
     if not found:
         raise PredictError(
             f"images={spec}: no image files there (an image, a folder or a glob; {sorted(IMAGE_SUFFIXES)})"
@@ -55,23 +74,30 @@ def collect_images(spec: str) -> Tuple[List[Path], List[Path]]:
     return found, skipped
 
 
-def _listing(paths: Sequence[Path], first: int = 5) -> str:
+def _listing(skipped: Sequence[Skipped], first: int = 5) -> str:
     """``a.txt, b.json, sub/ (+3 more)``: names of skipped entries, folders marked."""
-    names = [f"{p.name}/" if p.is_dir() else p.name for p in paths[:first]]
-    return ", ".join(names) + (f" (+{len(paths) - first} more)" if len(paths) > first else "")
+    names = [s.name() for s in skipped[:first]]
+    return ", ".join(names) + (f" (+{len(skipped) - first} more)" if len(skipped) > first else "")
 
 
-def load_images(paths: Sequence[Path]) -> List[Image.Image]:
-    images, bad = [], []
+def load_images(paths: Sequence[Path], stop_on_error: bool) -> Tuple[List[Path], List[Image.Image], List[Skipped]]:
+    """The images that decode; those that do not are skipped with the decoder's reason (or, with
+    ``stop_on_error``, stop the command before anything is written)."""
+    used, images, bad = [], [], []
     for p in paths:
         try:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            bad.append(f"{p}: {e}")
-    if bad:
-        raise PredictError("these images cannot be decoded (nothing was written):\n  " + "\n  ".join(bad))
-    return images
+            used.append(p)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            bad.append(Skipped(p, f"cannot be decoded: {e}"))
+            if stop_on_error:
+                raise PredictError(f"{p} cannot be decoded ({e}); nothing was written (stop_on_error=true)") from None
+    if not images:
+        raise PredictError(
+            "no image could be used, nothing was written:\n  " + "\n  ".join(f"{s.path}: {s.reason}" for s in bad)
+        )
+    return used, images, bad
 
 
 def _datapoint(image: Image.Image, prompts: Sequence[str], image_id: int):
@@ -194,7 +220,8 @@ def _prompts(given: List[str], tuned) -> List[str]:
 def run(cfg: DictConfig) -> Path:
     given = given_prompts(cfg)
     paths, skipped = collect_images(cfg.images)
-    images = load_images(paths)
+    paths, images, undecodable = load_images(paths, bool(cfg.get("stop_on_error")))
+    skipped += undecodable
     tuned = load_tuned(cfg)
     prompts = _prompts(given, tuned)
     device = resolve_device(cfg.device)
@@ -213,7 +240,7 @@ def run(cfg: DictConfig) -> Path:
     for i, (path, image) in enumerate(zip(paths, images)):
         overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
     result = coco_result(paths, images, detections, prompts)
-    result["info"]["skipped"] = [str(p) for p in skipped]
+    result["info"]["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
     (out / "predictions.coco.json").write_text(json.dumps(result))
     log.info(
         "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s%s",
@@ -223,12 +250,21 @@ def run(cfg: DictConfig) -> Path:
         prompts,
         cfg.score_threshold,
         out,
-        f"\nskipped {len(skipped)} non-image entr{'y' if len(skipped) == 1 else 'ies'} of images={cfg.images}: "
-        f"{_listing(skipped)}"
-        if skipped
-        else "",
+        _skipped_summary(skipped, cfg.images),
     )
     return out
+
+
+def _skipped_summary(skipped: Sequence[Skipped], spec: str, first: int = 10) -> str:
+    if not skipped:
+        return ""
+    lines = [f"  {s.name()}: {s.reason}" for s in skipped[:first]]
+    if len(skipped) > first:
+        lines.append(f"  (+{len(skipped) - first} more)")
+    return (
+        f"\nskipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of images={spec} (also in info.skipped):\n"
+        + "\n".join(lines)
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
@@ -238,4 +274,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -28,10 +28,11 @@ from sam3_lora.data.prepare import PreparedDataset, prepare_dataset
 from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.evaluation.saco import THRESHOLD_KEY
 from sam3_lora.lora import count_trainable, parameter_summary
-from sam3_lora.pipeline.readiness import require_ready
+from sam3_lora.pipeline.readiness import own_run_directory, require_ready
 from sam3_lora.pipeline.results import results_table, run_results, write_results
 from sam3_lora.pipeline.scoring import score_base, score_tuned, scored_datasets
-from sam3_lora.pipeline.settings import RunSettings, check_settings
+from sam3_lora.pipeline.settings import RunSettings, check_settings, run_command
+from sam3_lora.runs.lock import RunDirectoryLock
 from sam3_lora.speed.levers import apply_speed_levers
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
@@ -50,17 +51,24 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optiona
     settings = check_settings(cfg)  # every setting, all problems at once, nothing built
     require_ready(cfg.model, settings.dataset)  # base weights and training data are there
     info = distributed.init_distributed()
-    if not info.is_main:
+    if not info.is_main:  # rank 0 speaks for the run
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return train(settings, Path(run_dir), run_name, sweep_group, info)
+        with own_run_directory(Path(run_dir), settings.trainer.stale_lock_s, info) as lock:
+            return train(settings, Path(run_dir), run_name, sweep_group, info, lock)
     finally:
         distributed.shutdown(info)
 
 
-def train(s: RunSettings, run_dir: Path, run_name: str, sweep_group: Optional[str], info: DistInfo) -> Dict:
-    """The steps of a run, in order (see the module docstring)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(
+    s: RunSettings,
+    run_dir: Path,
+    run_name: str,
+    sweep_group: Optional[str],
+    info: DistInfo,
+    lock: Optional[RunDirectoryLock],
+) -> Dict:
+    """The steps of a run, in order (see the module docstring); ``lock``: rank 0's hold on the run directory."""
     record = OmegaConf.to_container(s.config, resolve=True)
     resume = continued_checkpoint(s.trainer, record, run_dir, info)
     seed_everything(s.seed, s.trainer.deterministic)
@@ -74,7 +82,16 @@ def train(s: RunSettings, run_dir: Path, run_name: str, sweep_group: Optional[st
     s.tuning.apply(model)
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
     prepare_model(model, s.trainer, device)
-    trainer = build_trainer(s, model, target, run_dir, run_name, sweep_group, info, resume, device, record)
+    trainer = build_trainer(s, model, target, run_dir, run_name, sweep_group, info, resume, device, record, lock)
+    log.info(
+        "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
+        effective_batch(s, info),
+        s.trainer.batch_size,
+        s.trainer.grad_accum,
+        info.world_size,
+        s.config.optimizer.lr,
+        trainer.total_steps,
+    )
     fit = trainer.fit()
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
@@ -159,6 +176,7 @@ def build_trainer(
     resume: Optional[ckpt.Resume],
     device: torch.device,
     record: Dict,
+    lock: Optional[RunDirectoryLock],
 ) -> Trainer:
     """The loop over the target's training split, validating on its valid split."""
     t, size = s.trainer, model.image_size
@@ -187,15 +205,7 @@ def build_trainer(
         dist_info=info,
         run_record=ckpt.run_record(run_dir, record),
         resume_from=resume,
-    )
-    log.info(
-        "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
-        effective_batch(s, info),
-        t.batch_size,
-        t.grad_accum,
-        info.world_size,
-        s.config.optimizer.lr,
-        trainer.total_steps,
+        lock=lock,
     )
     return trainer
 
@@ -215,4 +225,4 @@ if __name__ == "__main__":
     # pickle the task function, and only a module-level one pickles by reference.
     from sam3_lora.train import main as task
 
-    task()
+    run_command(task)

@@ -332,9 +332,10 @@ def test_predict_lists_what_it_skipped(run, toy_root, tmp_path, caplog):
     out = predict_cmd.run(compose_command("predict", run_dir=run, images=folder, output=tmp_path / "pred"))
     assert len(list(out.glob("*_overlay.png"))) == 2
     assert "on 2 image(s)" in caplog.text
-    assert f"skipped 2 non-image entries of images={folder}: more/, notes.txt" in caplog.text
+    assert f"skipped 2 entries of images={folder} (also in info.skipped):" in caplog.text
+    assert "more/: a folder" in caplog.text and "notes.txt: not an image file" in caplog.text
     info = json.loads((out / "predictions.coco.json").read_text())["info"]
-    assert sorted(Path(p).name for p in info["skipped"]) == ["more", "notes.txt"]
+    assert sorted(Path(s["path"]).name for s in info["skipped"]) == ["more", "notes.txt"]
 
 
 def test_predict_on_a_folder_without_images_names_what_is_there(run, tmp_path):

@@ -148,7 +148,7 @@ def test_predict_writes_overlays_and_coco_json(trained_run, toy_root, tmp_path):
     assert coco.annToMask(anns[0]).shape == original.shape[:2]
 
 
-def test_predict_refuses_undecodable_images_before_writing(trained_run, toy_root, tmp_path):
+def test_predict_with_stop_on_error_refuses_undecodable_images_before_writing(trained_run, toy_root, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.open(toy_root / "test" / "test_0000.png").save(folder / "good.png")
@@ -162,6 +162,7 @@ def test_predict_refuses_undecodable_images_before_writing(trained_run, toy_root
             f"run_dir={trained_run}",
             f"images={folder}",
             f"output={tmp_path / 'out'}",
+            "stop_on_error=true",
         ],
         capture_output=True,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -11,6 +12,9 @@ from typing import Optional
 class UserError(Exception):
     """A problem with the user's config, files or data. Entry points log its message
     (which names the file, field and fix) and exit with code 2."""
+
+    # Raised by every process of a distributed run at the same point: only rank 0 says so.
+    raised_on_every_rank = False
 
 
 def find_user_error(e: Optional[BaseException]) -> Optional[UserError]:
@@ -20,6 +24,11 @@ def find_user_error(e: Optional[BaseException]) -> Optional[UserError]:
             return e
         e = e.__cause__
     return None
+
+
+def _rank() -> int:
+    """This process's rank in a distributed run (torchrun's RANK, SLURM's SLURM_PROCID), 0 alone."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
 
 
 def exit_on_user_error(fn):
@@ -33,7 +42,8 @@ def exit_on_user_error(fn):
             cause = find_user_error(e)
             if cause is None:
                 raise
-            logging.getLogger("sam3_lora").error("%s", cause)
+            if not (cause.raised_on_every_rank and _rank() != 0):
+                logging.getLogger("sam3_lora").error("%s", cause)
             sys.exit(2)
 
     return wrapper

@@ -24,6 +24,7 @@ from torch import nn
 from sam3_lora.core.atomic_files import atomic_write
 from sam3_lora.core.conf import model_option
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.finite import require_finite
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, base_weights_fingerprint, inject_lora
 
@@ -130,6 +131,7 @@ def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
             f"{path} is not a readable safetensors adapter ({e}); if it was being written when a run stopped, "
             "use the previous checkpoint"
         ) from e
+    require_finite(tensors, path, "adapter")
     return info, tensors
 
 

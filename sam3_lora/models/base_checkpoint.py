@@ -16,6 +16,7 @@ from torch import nn
 
 import sam3_lora.models.transformers_checkpoint as transformers_checkpoint
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.finite import require_finite
 
 HF_REPO = "facebook/sam3"
 
@@ -101,6 +102,11 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> None:
             f"{checkpoint_path} does not look like a SAM3 checkpoint for this model: {len(found & expected)} of "
             f"{len(expected)} weights found under 'detector.' (sam3.pt stores the image model there)."
         )
+    require_finite(
+        {k: v for k, v in state.items() if isinstance(k, str) and k.startswith("detector.")},
+        checkpoint_path,
+        "SAM3 checkpoint",
+    )
     del ckpt, state
     try:
         _load_checkpoint(model, checkpoint_path)

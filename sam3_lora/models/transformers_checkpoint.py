@@ -20,6 +20,7 @@ from torch import nn
 
 import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.finite import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def read_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
             raise TransformersCheckpointError(
                 f"{file} is not a readable safetensors file ({e}); download or export it again"
             ) from e
+        require_finite(tensors, file, "transformers SAM3 weights file")
         for name, tensor in tensors.items():
             if name.startswith(TRACKER_PREFIXES):
                 left_out[name] = TRACKER_REASON

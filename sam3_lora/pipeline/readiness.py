@@ -1,16 +1,22 @@
 """What must hold before a run starts, beyond valid settings: the base weights and the training data are
-there. ``train`` stops on any of them (all listed at once) before anything is built; ``check`` prints
-each as a line, beside the machine's own checks."""
+there (``train`` stops on any of them, all listed at once, before anything is built; ``check`` prints
+each as a line, beside the machine's own checks), and no other training owns the run directory.
+"""
 
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig
 from sam3_lora.models.base_checkpoint import BaseCheckpointError
+from sam3_lora.runs.lock import RunDirectoryBusy, RunDirectoryLock
+from sam3_lora.training import distributed
+from sam3_lora.training.distributed import DistInfo
 
 Check = Tuple[str, bool, str]  # (what, ok, detail)
 
@@ -47,3 +53,23 @@ def require_ready(model: DictConfig, dataset: DatasetConfig) -> None:
     failed = [detail for _, ok, detail in (base_weights(model), training_data(dataset)) if not ok]
     if failed:
         raise PreflightError("cannot start:\n- " + "\n- ".join(failed))
+
+
+@contextlib.contextmanager
+def own_run_directory(run_dir: Path, stale_lock_s: float, info: DistInfo) -> Iterator[Optional[RunDirectoryLock]]:
+    """Hold the run directory's lock while training (rank 0 takes it for the run's processes); every
+    rank stops, before anything is written, when another training owns the directory."""
+    lock = RunDirectoryLock(run_dir, stale_lock_s) if info.is_main else None
+    refused: Optional[RunDirectoryBusy] = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunDirectoryBusy as e:
+            refused = e
+    if distributed.any_rank(refused is not None, info):
+        raise refused or RunDirectoryBusy(f"{run_dir} is being trained by another run (see rank 0's message)")
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()

@@ -10,8 +10,11 @@ its defaults list (``- /<name>_schema@_here_``) and holds a preset's values only
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
@@ -115,7 +118,7 @@ def model_builders() -> frozenset:
     return frozenset(f.default for schema in MODEL_SCHEMAS for f in dataclasses.fields(schema) if f.name == "_target_")
 
 
-def compose(name: str, overrides: Iterable[str] = ()) -> DictConfig:
+def compose(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m sam3_lora.<name> <overrides>`` runs with (without ``hydra:``); a setting
     Hydra refuses while composing (a wrong type, a removed key) is a :class:`ConfigError`."""
     from hydra import compose as hydra_compose
@@ -123,11 +126,42 @@ def compose(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
 
     register()
+    refuse_null_groups(overrides)
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return hydra_compose(config_name=name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"invalid settings (nothing was built or read yet):\n- {_one_line(e)}") from e
+
+
+def refuse_null_groups(overrides: Sequence[str]) -> None:
+    """``retention=null``: Hydra takes a config group's option by name only (and answers null with a
+    traceback); say how a group is switched off instead."""
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in groups and value.strip() == "null":
+            has_none = (Path(CONF_DIR) / key / "none.yaml").is_file()
+            how = f"{key}=none (or ~{key})" if has_none else f"~{key}, or leave {key} out"
+            raise ConfigError(
+                f"{override}: a config group takes the name of one of its options ({', '.join(_options(key))}), "
+                f"not null; switch {key} off with {how}"
+            )
+
+
+def _options(group: str) -> List[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def run_command(task: Callable[[], Any]) -> None:
+    """A command's entry: ``task`` (its ``@hydra.main`` function), after the checks Hydra's own
+    parsing would answer with a traceback."""
+    try:
+        refuse_null_groups(sys.argv[1:])
+    except ConfigError as e:
+        logging.getLogger("sam3_lora").error("%s", e)
+        sys.exit(2)
+    task()
 
 
 def _one_line(e: Optional[BaseException]) -> str:

@@ -13,9 +13,10 @@ config group), checked after interpolation, before anything is built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from hydra.utils import instantiate
@@ -29,7 +30,11 @@ from sam3_lora.data.config import DatasetConfig, DatasetConfigError
 from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora
 from sam3_lora.pipeline.settings import model_builders
 from sam3_lora.runs import layout
+from sam3_lora.runs.lock import read_owner
 from sam3_lora.speed.text_cache import install_text_cache
+from sam3_lora.training.config import TrainerConfig
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(UserError, ValueError):
@@ -43,6 +48,7 @@ class Tuned:
     dataset: Optional[DatasetConfig]
     adapter: Optional[Path]
     info: Optional[AdapterInfo]
+    notes: List[str] = field(default_factory=list)  # what the figures made with it rest on
 
     def describe(self) -> str:
         what = f"model={self.model_cfg.get('name')}"
@@ -119,7 +125,9 @@ def load_tuned(cfg: DictConfig, dataset_given: bool = False) -> Tuned:
     ``dataset_given``: the command line set ``dataset`` (another dataset to score a run on, say
     its source domain); it replaces the run's recorded one.
     """
+    notes = []
     if cfg.get("run_dir"):
+        notes += _still_training(Path(cfg.run_dir))
         rc, model_cfg = run_model_config(cfg.run_dir)
         recorded = rc.get("dataset")
         where = f"{run_config_path(cfg.run_dir)} (dataset)"
@@ -147,7 +155,21 @@ def load_tuned(cfg: DictConfig, dataset_given: bool = False) -> Tuned:
     # For use, not training: no weight changes, so each prompt is encoded once.
     model.requires_grad_(False)
     install_text_cache(model)
-    return Tuned(model.eval(), model_cfg, dataset, adapter, info)
+    return Tuned(model.eval(), model_cfg, dataset, adapter, info, notes)
+
+
+def _still_training(run_dir: Path) -> List[str]:
+    """A run directory another process is training in: say so; its files are read as they last
+    were completed (every weight file is written whole, then renamed into place)."""
+    owner = read_owner(run_dir)
+    if owner is None or owner.gone(TrainerConfig().stale_lock_s) is not None:
+        return []
+    note = (
+        f"{run_dir} is being trained right now ({owner.describe()}): this uses its last complete files, which the "
+        "training may still replace"
+    )
+    log.warning("%s", note)
+    return [note]
 
 
 def _recorded_dataset(section: DictConfig, where: str) -> DatasetConfig:

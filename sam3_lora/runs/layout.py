@@ -7,9 +7,13 @@ the metrics, the shippable weights and the checkpoints that resume the run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict, List
 
 HYDRA_CONFIG = ".hydra/config.yaml"  # the composed settings, as Hydra saved them at launch
 HYDRA_OVERRIDES = ".hydra/overrides.yaml"
+# Hydra rewrites these on every launch; a refused launch puts the accepted run's back.
+HYDRA_RECORD = (HYDRA_CONFIG, HYDRA_OVERRIDES, ".hydra/hydra.yaml")
+LOCK = "training.lock"  # the training that owns the directory (sam3_lora/runs/lock.py)
 TRAINING_LOG = "training.log"
 RESULTS = "results.json"  # the final summary: held-out scores, throughput, memory
 METRICS = "metrics.json"  # validation scores per evaluation
@@ -37,3 +41,15 @@ def heldout_scores(role: str) -> str:
 
 def hydra_config(run_dir) -> Path:
     return Path(run_dir) / HYDRA_CONFIG
+
+
+def hydra_record(run_dir) -> Dict[str, str]:
+    """Hydra's record of this launch (the HYDRA_RECORD files that exist), to put back after a refusal."""
+    return {name: (Path(run_dir) / name).read_text() for name in HYDRA_RECORD if (Path(run_dir) / name).is_file()}
+
+
+def restore_hydra_record(run_dir, files: Dict[str, str]) -> List[str]:
+    """Write a saved record back (a refused launch overwrote it); the names written."""
+    for name, text in files.items():
+        (Path(run_dir) / name).write_text(text)
+    return list(files)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.finite import require_finite
 from sam3_lora.runs import layout
 from sam3_lora.runs.layout import BEST, CHECKPOINT_DIR, LAST  # noqa: F401 - ckpt.LAST etc. for callers
 
@@ -53,11 +54,10 @@ RESUMABLE_CHANGES = (
     "trainer.log_every",
     "trainer.text_cache",  # speed levers that leave the numbers as they are
     "trainer.compile",
+    "trainer.stale_lock_s",
     "logger",
     "model.cache_dir",
 )
-# Hydra rewrites these on every launch; a refused launch puts the accepted ones back.
-HYDRA_RECORD = (layout.HYDRA_CONFIG, layout.HYDRA_OVERRIDES)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -252,6 +252,7 @@ def load(path) -> Dict[str, Any]:
             f"{path} is an incomplete or damaged training checkpoint (missing {missing}, malformed {damaged}); "
             f"resume from another, or start a new run. {WHAT_RESUMES}"
         )
+    require_finite({k: obj[k] for k in ("trainable", "optimizer", "scaler")}, path, "training checkpoint")
     return obj
 
 
@@ -287,8 +288,7 @@ def setting_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tupl
 def run_record(run_dir: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint keeps of the run's settings: the resolved config (to compare a
     later launch with) and Hydra's record of this launch (to put back after a refusal)."""
-    files = {name: (Path(run_dir) / name).read_text() for name in HYDRA_RECORD if (Path(run_dir) / name).is_file()}
-    return {"config": config, "hydra_files": files}
+    return {"config": config, "hydra_files": layout.hydra_record(run_dir)}
 
 
 def check_same_settings(resume: Resume, config: Dict[str, Any], run_dir: Path, restore_record: bool = True) -> None:
@@ -305,9 +305,7 @@ def check_same_settings(resume: Resume, config: Dict[str, Any], run_dir: Path, r
         return
     restored = []
     if restore_record and resume.path.resolve().parent.parent == Path(run_dir).resolve():
-        for name, text in record.get("hydra_files", {}).items():
-            (Path(run_dir) / name).write_text(text)
-            restored.append(name)
+        restored = layout.restore_hydra_record(run_dir, record.get("hydra_files", {}))
     show = lambda value: json.dumps(value, default=str)  # noqa: E731
     listed = "\n".join(f"  {key}: {show(a)} -> {show(b)}" for key, a, b in changes)
     raise CheckpointError(

@@ -69,6 +69,12 @@ class TrainerConfig:
     auto_resume: bool = setting(True, "pick up <run dir>/checkpoints/last.pt when present")
     deterministic: bool = setting(False, "torch's deterministic algorithms (slower)")
     max_bad_steps: int = setting(5, "consecutive NaN/inf losses before stopping", at_least(1))
+    stale_lock_s: int = setting(
+        600,
+        "a run directory's lock held by a training on another host counts as abandoned once its heartbeat is this "
+        "old (seconds); on the same host a dead owner is seen at once",
+        at_least(60),
+    )
     device: str = setting(
         "auto", "auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N", Valid(_is_device, "auto, cpu, cuda or cuda:N")
     )

@@ -78,14 +78,19 @@ def replicas_in_sync(params, info: DistInfo) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
 
+def max_over_ranks(value: int, info: DistInfo) -> int:
+    """The largest of every rank's ``value``, on every rank (so all act alike at the same step)."""
+    if not info.enabled:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when ``flag`` is true on any (so all stop at the same step)."""
-    if not info.enabled:
-        return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_over_ranks(int(flag), info))
 
 
 def shutdown(info: DistInfo) -> None:

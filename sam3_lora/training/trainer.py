@@ -28,6 +28,7 @@ from sam3_lora.core.device import peak_memory_gb, resolve_amp
 from sam3_lora.core.errors import UserError
 from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.runs import layout
+from sam3_lora.runs.lock import RunDirectoryLock, RunDirectoryLost
 from sam3_lora.sam3_compat.matcher import NonFinitePredictions
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: the loss stayed NaN/inf for several consecutive steps."""
 
+    raised_on_every_rank = True  # the ranks agree on every batch's health: rank 0 reports it
+
 
 class DivergedError(NonFiniteLossError):
     """The trainable weights became NaN/inf: no later batch can recover, so training stops."""
@@ -50,6 +53,11 @@ class DivergedError(NonFiniteLossError):
 class Preempted(UserError, RuntimeError):
     """A stop signal arrived (SLURM time limit, preemption, scancel); the state was saved."""
 
+    raised_on_every_rank = True
+
+
+# A micro-batch's outcome, ordered by severity (the worst over the ranks decides for all).
+FINITE, NON_FINITE_LOSS, NON_FINITE_PREDICTIONS = 0, 1, 2
 
 # SLURM's warning before a time limit or preemption (submitit uses USR2, plain sbatch
 # --signal often USR1) and the SIGTERM that precedes a kill.
@@ -74,6 +82,7 @@ class Trainer:
         dist_info: DistInfo = DistInfo(),
         run_record: Optional[dict] = None,
         resume_from: Optional[ckpt.Resume] = None,
+        lock: Optional[RunDirectoryLock] = None,
     ):
         self.cfg = cfg
         self.device = device
@@ -96,6 +105,7 @@ class Trainer:
         self.save_weights = save_weights  # (model, "best" | "last"): the shippable adapter or weights
         self.run_record = run_record  # the run's settings, kept in each checkpoint (ckpt.run_record)
         self.resume_from = resume_from  # the checkpoint to continue, already read and checked by the caller
+        self.lock = lock  # rank 0's hold on the run directory: nothing is written once it is lost
         self.dist = dist_info
         self.is_main = dist_info.is_main
         # DDP all-reduces the trainable parameters' gradients; LoRA-only training leaves no
@@ -197,6 +207,8 @@ class Trainer:
         if not self.is_main:
             return
         self._stop_if_diverged()
+        if self.lock is not None:
+            self.lock.check()
         try:
             self._save(metrics, mid_epoch)
         except WriteError as e:
@@ -299,6 +311,18 @@ class Trainer:
             f"{self.ckpt_dir / ckpt.LAST}. Run the same command with hydra.run.dir={self.run_dir} to resume."
         )
 
+    def _act_on_interruptions(self) -> None:
+        """At a step boundary, every rank alike: stop without writing when the run directory was taken
+        over, save and stop on a stop signal."""
+        lost = self.lock is not None and self.lock.lost is not None
+        interruption = distributed.max_over_ranks(2 if lost else int(self.stop_signal is not None), self.dist)
+        if interruption == 2:
+            if self.lock is not None:
+                self.lock.check()
+            raise RunDirectoryLost(f"{self.run_dir} was taken over by another training (see rank 0's message)")
+        if interruption == 1:
+            self._stop_for_signal()
+
     def _step_budget_spent(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
 
@@ -326,8 +350,7 @@ class Trainer:
             if self.step % self.cfg.log_every == 0 or self._step_budget_spent():
                 self._log_window(window, losses, bar)
                 window = WindowStats()
-            if distributed.any_rank(self.stop_signal is not None, self.dist):
-                self._stop_for_signal()
+            self._act_on_interruptions()
             if self._step_budget_spent():
                 break
 
@@ -346,7 +369,11 @@ class Trainer:
 
     def _forward_backward(self, index: int, batch, sync_gradients: bool, window: "WindowStats"):
         """One micro-batch: forward, loss, guard, scaled backward. Returns its losses, or None
-        when the batch was skipped for a non-finite loss (its group's gradients dropped)."""
+        when the batch was skipped for a non-finite loss (its group's gradients dropped).
+
+        Every rank learns whether any rank's loss or predictions were non-finite, so all skip the
+        batch (or stop) together: a rank that skipped alone would leave the others waiting in
+        the gradients' all-reduce."""
         batch = _to_device(batch, self.device)
         # DDP all-reduces gradients only at the group's last backward.
         no_sync = contextlib.nullcontext() if sync_gradients or not self.dist.enabled else self.forward_module.no_sync()
@@ -354,13 +381,17 @@ class Trainer:
             try:
                 with self.autocast():
                     losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
+                # The guard needs the value now (one sync per batch; sam3's matcher syncs anyway).
+                health = FINITE if torch.isfinite(core_loss(losses)) else NON_FINITE_LOSS
             except NonFinitePredictions:  # valid data cannot cause this: the model itself broke
+                health = NON_FINITE_PREDICTIONS
+            health = distributed.max_over_ranks(health, self.dist)
+            if health == NON_FINITE_PREDICTIONS:
                 self._diverged("the model's predictions are NaN/inf")
-            loss = core_loss(losses)
-            # The guard needs the value now (one sync per batch; sam3's matcher syncs anyway).
-            if not torch.isfinite(loss):
+            if health == NON_FINITE_LOSS:
                 self._skip_non_finite_batch(index)
                 return None
+            loss = core_loss(losses)
             self.bad_steps = 0
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
         window.add(loss.detach(), images=len(batch.img_batch))
