@@ -268,6 +268,65 @@ def inference(model_name: str, device, batch_size: int, warmup: int, steps: int,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: int, data_root: Path) -> dict:
+    """The text cache's effect on a LoRA balanced training step, measured in one process: the same
+    model and batches, steps alternating between the stock text encoder and the cached one, so the
+    machine's drift (on a shared CPU, +-20% between processes run one after another) hits both alike.
+    Also the text encoder's own time per call, stock and cached."""
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from sam3_lora.lora import inject_lora, lora_parameters
+    from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache, text_encoder
+    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+
+    model = build(model_name).to(device).train()
+    inject_lora(model, lora_config("balanced"))
+    loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
+    data = [
+        copy_data_to_device(b, device) if device.type == "cuda" else b
+        for b in batches(model, toy_split(data_root), batch_size, 4)
+    ]
+    amp = _autocast(device)
+
+    def timed(fn) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t
+
+    def step(batch) -> None:
+        with amp:
+            loss = core_loss(compute_loss(model, loss_fn, batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    encoder, prompts = text_encoder(model), data[0].find_text_batch
+    encode = lambda: encoder(prompts, None, device=device)  # noqa: E731
+    times = {"stock": [], "cached": [], "encoder_stock": [], "encoder_cached": []}
+    for i in range(warmup + steps):
+        for mode in ("stock", "cached"):
+            install_text_cache(model) if mode == "cached" else remove_text_cache(model)
+            encode()  # a cached prompt is encoded once, here
+            t_enc = timed(encode)
+            t_step = sum(timed(lambda b=b: step(b)) for b in data)
+            if i >= warmup:
+                times[mode].append(t_step / len(data))
+                times[f"encoder_{mode}"].append(t_enc)
+    remove_text_cache(model)
+    m = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "stock_step_s": m["stock"],
+        "cached_step_s": m["cached"],
+        "ratio": m["cached"] / m["stock"],
+        "encoder_stock_s": m["encoder_stock"],
+        "encoder_cached_s": m["encoder_cached"],
+        "steps": steps * len(data),
+    }
+
+
 def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_root: Path, batches_n: int = 24) -> float:
     from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 
@@ -333,6 +392,14 @@ def main() -> None:
     ap.add_argument(
         "--json", default=None, help="write the results here; 'auto': tools/bench_results/<device>_<model>.json"
     )
+    ap.add_argument(
+        "--suite",
+        choices=("all", "levers"),
+        default="all",
+        help="all: every preset, PEFT and each lever; levers: full fine-tuning and LoRA balanced with each lever "
+        "added in turn, and batch 1 with ViT activation checkpointing (what make gpu-check measures)",
+    )
+    ap.add_argument("--inference-batch", type=int, default=None, help="inference batch (default: --batch)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -351,14 +418,18 @@ def main() -> None:
         "warmup": args.warmup,
         "data": args.data,
     }
-    setups = [{"name": "full fine-tuning", "kind": "full"}]
-    setups += [{"name": f"LoRA {p}", "kind": "lora", "preset": p} for p in PRESETS]
-    setups += [{"name": "LoRA balanced + ViT act. ckpt", "kind": "lora", "preset": "balanced", "act_ckpt": True}]
-    setups += [
-        {"name": OURS_LINEAR, "kind": "lora", "lora": LINEAR_BALANCED},
-        {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
-        {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED},
+    setups = [
+        {"name": "full fine-tuning", "kind": "full"},
+        {"name": "LoRA balanced", "kind": "lora", "preset": "balanced"},
     ]
+    if args.suite == "all":
+        setups += [{"name": f"LoRA {p}", "kind": "lora", "preset": p} for p in PRESETS if p != "balanced"]
+        setups += [{"name": "LoRA balanced + ViT act. ckpt", "kind": "lora", "preset": "balanced", "act_ckpt": True}]
+        setups += [
+            {"name": OURS_LINEAR, "kind": "lora", "lora": LINEAR_BALANCED},
+            {"name": PEFT_EQUAL, "kind": "peft", "lora": LINEAR_BALANCED, "equal_capacity": True},
+            {"name": PEFT_SAME_R, "kind": "peft", "lora": LINEAR_BALANCED},
+        ]
     # The speed levers, one added at a time (bf16 base and compilation where they apply: bf16
     # autocast on CUDA; inductor compiles for minutes on a CPU)
     balanced = {"kind": "lora", "preset": "balanced"}
@@ -370,7 +441,7 @@ def main() -> None:
         ]
         all_levers = {**balanced, "text_cache": True, "bf16_base": True, "compile": True}
         setups += [{"name": ALL_LEVERS, **all_levers}]
-        setups += [{"name": f"{ALL_LEVERS} + ViT act. ckpt, batch 1", **all_levers, "act_ckpt": True, "batch": 1}]
+    setups += [{"name": f"{lever_name(device)} + ViT act. ckpt, batch 1", **all_levers, "act_ckpt": True, "batch": 1}]
     setups += [
         {"name": f"LoRA balanced + levers, batch {b}", **all_levers, "batch": b, "may_fail": True}
         for b in args.best_batch
@@ -400,15 +471,24 @@ def main() -> None:
                 f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
                 file=sys.stderr,
             )
-    results["inference"] = inference(args.model, device, args.batch, args.warmup, args.steps, Path(args.data))
-    results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
-    results["data_workers"] = workers
+    results["text_cache"] = text_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
+    infer_batch = args.inference_batch or args.batch
+    results["inference"] = inference(args.model, device, infer_batch, args.warmup, args.steps, Path(args.data))
+    results["inference_batch"] = infer_batch
+    if args.suite == "all":
+        results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
+        results["data_workers"] = workers
     print(report(results))
     if args.json:
         out = Path(args.json) if args.json != "auto" else RESULTS_DIR / f"{device_slug(device)}_{args.model}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
         print(f"written: {out}", file=sys.stderr)
+
+
+def lever_name(device) -> str:
+    """Every lever that applies on ``device`` (bf16 base and compilation need CUDA)."""
+    return ALL_LEVERS if device.type == "cuda" else "LoRA balanced + text cache"
 
 
 def device_slug(device) -> str:
@@ -437,9 +517,12 @@ def report(r: dict) -> str:
             f"| {x['images_per_s']:.1f} | {x['peak_mem_mb']:.0f} MB | {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x |"
         )
     i = r["inference"]
-    ours = t[OURS_LINEAR]["step_s"]
-    lora_rate = t["LoRA balanced"]["images_per_s"]
-    lines += ["", "| inference (forward, no grad) | time | vs base |", "|---|---|---|"]
+    lora = t["LoRA balanced"]
+    lines += [
+        "",
+        f"| inference (forward, no grad, batch {r.get('inference_batch', r['batch'])}) | time | vs base |",
+        "|---|---|---|",
+    ]
     for name, key in (
         ("base model", "base_s"),
         ("LoRA balanced, unmerged", "unmerged_s"),
@@ -448,15 +531,32 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {i[key] * 1000:.0f} ms | {i[key] / i['base_s']:.3f}x |")
     lines += [
         "",
-        f"- LoRA balanced step / full fine-tuning step: **{t['LoRA balanced']['step_s'] / full['step_s']:.2f}x**"
-        f" (target <= 0.75); peak memory {t['LoRA balanced']['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x",
-        f"- ours / PEFT step on the same Linear modules: **{ours / t[PEFT_EQUAL]['step_s']:.2f}x** at equal capacity, "
-        f"{ours / t[PEFT_SAME_R]['step_s']:.2f}x against PEFT's single r8 on qkv (target <= 1)",
-        f"- inference unmerged / base: **{i['unmerged_s'] / i['base_s']:.3f}x** (target <= 1.05); "
-        f"merged / base: **{i['merged_s'] / i['base_s']:.3f}x**",
-        f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced training "
-        f"{lora_rate:.1f} images/s: **{r['data_images_per_s'] / lora_rate:.1f}x** (target >= 3)",
+        f"- LoRA balanced step / full fine-tuning step: **{lora['step_s'] / full['step_s']:.2f}x**"
+        f" (target <= 0.75); peak memory {lora['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x",
     ]
+    tc = r.get("text_cache")
+    if tc:
+        lines.append(
+            f"- text cache, interleaved in one process over {tc['steps']} steps each: LoRA balanced + text cache / LoRA "
+            f"balanced step **{tc['ratio']:.3f}x** (target <= 1.00); the text encoder per call "
+            f"{tc['encoder_stock_s'] * 1000:.1f} ms stock, {tc['encoder_cached_s'] * 1000:.2f} ms cached"
+        )
+    if OURS_LINEAR in t:
+        ours = t[OURS_LINEAR]["step_s"]
+        lines.append(
+            f"- ours / PEFT step on the same Linear modules: **{ours / t[PEFT_EQUAL]['step_s']:.2f}x** at equal "
+            f"capacity, {ours / t[PEFT_SAME_R]['step_s']:.2f}x against PEFT's single r8 on qkv (target <= 1)"
+        )
+    lines.append(
+        f"- inference unmerged / base: **{i['unmerged_s'] / i['base_s']:.3f}x** (target <= 1.05); "
+        f"merged / base: **{i['merged_s'] / i['base_s']:.3f}x**"
+    )
+    if "data_images_per_s" in r:
+        lines.append(
+            f"- data loader ({r['data_workers']} workers): {r['data_images_per_s']:.1f} images/s vs LoRA balanced "
+            f"training {lora['images_per_s']:.1f} images/s: **{r['data_images_per_s'] / lora['images_per_s']:.1f}x** "
+            "(target >= 3)"
+        )
     lines += lever_summary(r)
     return "\n".join(lines)
 
@@ -467,10 +567,11 @@ def lever_summary(r: dict) -> list:
     ran = {n: x for n, x in t.items() if "failed" not in x and n.startswith("LoRA balanced")}
     best_name, best = max(ran.items(), key=lambda kv: kv[1]["images_per_s"])
     full = t["full fine-tuning"]
+    per_image = i["merged_s"] / r.get("inference_batch", r["batch"]) * 1000
     lines = [
         f"- best LoRA balanced throughput: **{best['images_per_s']:.1f} images/s** ({best_name}, batch "
         f"{best.get('batch', r['batch'])}; GPU target >= 15)",
-        f"- merged inference: **{i['merged_s'] / r['batch'] * 1000:.0f} ms per image** at batch {r['batch']} "
+        f"- merged inference: **{per_image:.0f} ms per image** at batch {r.get('inference_batch', r['batch'])} "
         f"(GPU target <= 40 at batch 1); unmerged / merged **{i['unmerged_s'] / i['merged_s']:.2f}x** (target <= 1.05)",
     ]
     if ALL_LEVERS in t and "failed" not in t[ALL_LEVERS]:
@@ -479,8 +580,8 @@ def lever_summary(r: dict) -> list:
             f"- with every lever: step / full fine-tuning **{x['step_s'] / full['step_s']:.2f}x** (target <= 0.70), "
             f"peak memory {x['peak_mem_mb'] / max(full['peak_mem_mb'], 1e-9):.2f}x (target <= 0.6)"
         )
-    small = t.get(f"{ALL_LEVERS} + ViT act. ckpt, batch 1")
-    if small and "failed" not in small:
+    small = next((x for n, x in t.items() if n.endswith("+ ViT act. ckpt, batch 1") and "failed" not in x), None)
+    if small:
         lines.append(
             f"- batch 1 with ViT act. ckpt: **{small['peak_total_mb'] / 1024:.1f} GB** peak in all (target <= 6)"
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from sam3_lora.core.schema import one_of, setting
+from sam3_lora.core.schema import REQUIRED, one_of, setting
 from sam3_lora.models.base_checkpoint import BaseCheckpointError, resolve_checkpoint
 from sam3_lora.models.sizes import SIZES
 
@@ -20,7 +20,9 @@ class ModelSettings:
     """``model=sam3`` (the stock 840M model, its weights from ``sam3.pt``) or a small size."""
 
     _target_: str = "sam3_lora.models.build_model"
-    name: str = setting(STOCK, "sam3 (the stock model) or a size of sam3_lora/models/sizes.py", one_of(STOCK, *SIZES))
+    name: str = setting(
+        REQUIRED, "sam3 (the stock model) or a size of sam3_lora/models/sizes.py", one_of(STOCK, *SIZES)
+    )
     checkpoint_path: Optional[str] = setting(
         None,
         "base weights: sam3.pt, or a transformers SAM3 folder (or its model.safetensors), converted on load; "
