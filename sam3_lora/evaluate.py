@@ -63,9 +63,9 @@ def table(
     lines += ["", f"SA-Co at score threshold {metrics[saco.THRESHOLD_KEY]:.2f} ({threshold_source})"]
     lines.append(f"{'':<10}" + "".join(f"{h:>8}" for h in saco.PER_CATEGORY_STATS))
     for iou in ("bbox", "segm"):
-        figures = (metrics[saco.IL_MCC_KEY], metrics[f"{iou}/pmF1"], metrics[f"{iou}/cgF1"])
+        figures = (metrics[saco.IL_MCC_KEY], metrics[saco.IL_FPR_KEY], metrics[f"{iou}/pmF1"], metrics[f"{iou}/cgF1"])
         lines.append(f"{iou:<10}" + "".join(_fmt(v, 8) for v in figures))
-    saco_columns = [("IL_MCC", "bbox", "IL_MCC")] + [
+    saco_columns = [("IL_MCC", "bbox", "IL_MCC"), ("IL_FPR", "bbox", "IL_FPR")] + [
         (f"{iou} {stat}", iou, stat) for iou in ("bbox", "segm") for stat in ("pmF1", "cgF1")
     ]
     header = f"{'category':<24}{'bbox AP':>9}{'segm AP':>9}"
@@ -102,11 +102,18 @@ def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
         raise MissingSplitError("no dataset to score: pass run_dir=<a training run> or dataset.root=/path/to/export")
     device = resolve_device(cfg.device)
     splits = (cfg.split,) if given is not None or cfg.split == "valid" else (cfg.split, "valid")
+    routed = tuned.tuned_concepts() if cfg.get("concept_routing") and tuned.adapter else None
     with tempfile.TemporaryDirectory(prefix="sam3_lora_eval_") as clean_dir:
         data = prepare_dataset(tuned.dataset, Path(clean_dir), splits=splits)
         data.require(cfg.split)
-        scorer = HeldoutScorer(data, cfg.split, tuned.model.image_size, cfg.batch_size, cfg.num_workers, cfg.max_dets)
+        scorer = HeldoutScorer(
+            data, cfg.split, tuned.model.image_size, cfg.batch_size, cfg.num_workers, cfg.max_dets, routed
+        )
         held = scorer.score(tuned.model.to(device), device, given=given)
+    if routed is not None:
+        held.notes.append(
+            f"concept routing: categories other than {sorted(routed)} answered by the base (adapters off)"
+        )
     score, report = held.score, data.reports[cfg.split]
     result = {
         "model": tuned.describe(),
@@ -118,6 +125,8 @@ def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
         "score_threshold": {"value": score.metrics[saco.THRESHOLD_KEY], "chosen_on": held.threshold_chosen_on},
         "num_detections": score.num_detections,
         "num_images": report.num_images,
+        "adapter_scale": tuned.adapter_scale,
+        "concept_routing": sorted(routed) if routed is not None else None,
         "notes": tuned.notes + held.notes,
     }
     out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))

@@ -65,6 +65,11 @@ def _check_request(cfg: DictConfig) -> Path:
         require_transformers(f"export format={cfg.format}")
     if cfg.get("base") and cfg.format in ADAPTER_FORMATS:
         raise ExportError(f"format={cfg.format} exports an adapter; base=true goes with format=merged or transformers")
+    if cfg.get("adapter_scale", 1.0) != 1 and cfg.format in ADAPTER_FORMATS:
+        raise ExportError(
+            f"adapter_scale={cfg.adapter_scale} with format={cfg.format}: an adapter file holds the adapter as trained; "
+            "a scaled model is exported merged (format=merged or transformers)"
+        )
     if not (cfg.run_dir or cfg.adapter or cfg.get("base")):
         raise ExportError(
             "nothing to export: set run_dir=outputs/<date>/<time> or adapter=path/to/adapter.safetensors "
@@ -101,6 +106,7 @@ def _write(cfg: DictConfig, tuned: Tuned, out: Path) -> Dict[str, str]:
         if tuned.info is not None:
             provenance.update(
                 merged_from=str(tuned.adapter),
+                adapter_scale=tuned.adapter_scale,
                 # what the adapter was trained on and what it was merged into (they differ only
                 # under allow_base_mismatch=true); loading this adapter onto the merged file is refused
                 adapter_base_weights_fingerprint=tuned.info.base_weights_fingerprint,
@@ -152,6 +158,7 @@ def export(cfg: DictConfig) -> Path:
         left_out=left_out,
         base_only=bool(cfg.get("base")),
         pushed_to=f"https://huggingface.co/{push}" if push else None,
+        adapter_scale=tuned.adapter_scale,
     ).write(card)
     for line in summarise(left_out):
         log.info("left out (no counterpart in format=%s): %s", cfg.format, line)

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from pycocotools import mask as mask_util
 
@@ -222,8 +222,10 @@ def run(cfg: DictConfig) -> Path:
     paths, skipped = collect_images(cfg.images)
     paths, images, undecodable = load_images(paths, bool(cfg.get("stop_on_error")))
     skipped += undecodable
-    tuned = load_tuned(cfg)
+    routing = bool(cfg.get("concept_routing"))
+    tuned = load_tuned(OmegaConf.merge(cfg, {"merge": False}) if routing else cfg)  # routing switches adapters
     prompts = _prompts(given, tuned)
+    base_prompts = [p for p in prompts if p not in tuned.tuned_concepts()] if routing and tuned.adapter else []
     device = resolve_device(cfg.device)
     detections = predict(
         tuned.model.to(device),
@@ -231,6 +233,7 @@ def run(cfg: DictConfig) -> Path:
         device,
         cfg.max_dets,
         score_threshold=cfg.score_threshold,
+        base_for={prompts.index(p) + 1 for p in base_prompts},
     )
     # Everything checked and computed: only now touch the output folder.
     out = output_dir(cfg.output, cfg.overwrite)
@@ -241,6 +244,8 @@ def run(cfg: DictConfig) -> Path:
         overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
     result = coco_result(paths, images, detections, prompts)
     result["info"]["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+    result["info"]["adapter_scale"] = tuned.adapter_scale
+    result["info"]["answered_by_the_base"] = base_prompts  # concept routing: prompts the adapter was not trained on
     (out / "predictions.coco.json").write_text(json.dumps(result))
     log.info(
         "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s%s",

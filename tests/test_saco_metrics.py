@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data import toy
-from sam3_lora.evaluation.saco import METRIC_KEYS, THRESHOLDS, SacoEvaluation, saco_evaluate
+from sam3_lora.evaluation.saco import METRIC_KEYS, SCORE_KEYS, THRESHOLDS, SacoEvaluation, saco_evaluate
 from sam3_lora.pipeline.results import results_table
 from sam3_lora.runs.results import RunResults
 
@@ -88,8 +88,12 @@ def test_no_instance_in_the_split_leaves_pmf1_and_cgf1_undefined():
     # Image level: TP 0, FN 0, FP 1, TN 8: TP + FN = 0 is an empty marginal -> 0 (as sklearn).
     assert m["saco/IL_MCC"] == 0.0
     assert _both(m, "pmF1") == _both(m, "cgF1") == (-1.0, -1.0)  # no pair with an instance
+    # IL_FPR: of the 9 pairs without an instance, 1 answered with a detection; for apple 1 of its 3.
+    assert m["saco/IL_FPR"] == pytest.approx(1 / 9, abs=1e-6)
     for iou_type in ("bbox", "segm"):
-        assert result.per_category[iou_type]["apple"] == {"IL_MCC": 0.0, "pmF1": -1.0, "cgF1": -1.0}
+        apple = result.per_category[iou_type]["apple"]
+        assert apple == {"IL_MCC": 0.0, "IL_FPR": pytest.approx(1 / 3, abs=1e-6), "pmF1": -1.0, "cgF1": -1.0}
+        assert all(c["IL_FPR"] == 0.0 for name, c in result.per_category[iou_type].items() if name != "apple")
 
 
 def test_all_pairs_negative_without_detections_is_a_perfect_negative_with_mcc_zero():
@@ -125,7 +129,7 @@ def test_perfect_prediction_scores_one():
     assert result.per_category["segm"]["apple"]["cgF1"] == pytest.approx(1.0, abs=EPS)
     # pear: 1 positive pair (TP), 2 negative (TN): MCC 1. plum: never present -> undefined pmF1.
     assert result.per_category["bbox"]["pear"]["IL_MCC"] == pytest.approx(1.0, abs=EPS)
-    assert result.per_category["segm"]["plum"] == {"IL_MCC": 0.0, "pmF1": -1.0, "cgF1": -1.0}
+    assert result.per_category["segm"]["plum"] == {"IL_MCC": 0.0, "IL_FPR": 0.0, "pmF1": -1.0, "cgF1": -1.0}
 
 
 def test_empty_prediction_scores_zero():
@@ -196,7 +200,7 @@ def test_mixed_case_worked_out_by_hand():
     assert apple["pmF1"] == pytest.approx(44 / 70, abs=EPS) and apple["cgF1"] == pytest.approx(44 / 70, abs=EPS)
     # pear: 1/pear FP, 2/pear FN, 3/pear TN -> MCC = (0*1 - 1*1) / sqrt(1*1*2*2) = -1/2; TP 0 -> pmF1 0.
     assert pear["IL_MCC"] == pytest.approx(-0.5, abs=EPS) and pear["pmF1"] == 0.0 and pear["cgF1"] == 0.0
-    assert plum == {"IL_MCC": 0.0, "pmF1": -1.0, "cgF1": -1.0}
+    assert plum == {"IL_MCC": 0.0, "IL_FPR": 0.0, "pmF1": -1.0, "cgF1": -1.0}
     assert result.per_category["bbox"]["apple"] == pytest.approx(apple, abs=1e-9)
 
     # At 0.25 d5 counts too: 2/apple then has d4 and d5 on g3, and the Hungarian matching takes
@@ -324,12 +328,13 @@ def test_unknown_image_or_category_is_refused():
 
 def test_results_table_shows_the_sa_co_columns_and_the_threshold(tmp_path):
     m = {"bbox/AP": 0.1, "bbox/AP50": 0.2, "segm/AP": 0.3, "segm/AP50": 0.4}
-    m.update({"saco/threshold": 0.45, "saco/IL_MCC": 0.5, "segm/pmF1": 0.6, "segm/cgF1": 0.3})
+    m.update({"saco/threshold": 0.45, "saco/IL_MCC": 0.5, "saco/IL_FPR": 0.25, "segm/pmF1": 0.6, "segm/cgF1": 0.3})
     results = RunResults({"base": m, "lora": dict(m, **{"segm/pmF1": -1.0})}, heldout_split="test")
     text = results_table(results, tmp_path)
     header, base, lora = text.splitlines()[:3]
-    assert "segm cgF1" in header and "IL_MCC" in header and "segm pmF1" in header and "threshold" in header
-    assert base.split()[-4:] == ["0.300", "0.500", "0.600", "0.45"]
+    assert "segm cgF1" in header and "IL_MCC" in header and "IL_FPR" in header and "segm pmF1" in header
+    assert "threshold" in header
+    assert base.split()[-5:] == ["0.300", "0.500", "0.250", "0.600", "0.45"]
     assert lora.split()[-2:] == ["-", "0.45"]
 
 
@@ -342,8 +347,9 @@ def test_a_toy_split_own_annotations_as_detections_score_one(toy_root):
         for a in coco.dataset["annotations"]
     ]
     result = saco_evaluate(str(ann_file), detections)
-    for key in METRIC_KEYS[1:]:
+    for key in SCORE_KEYS:
         assert result.metrics[key] == pytest.approx(1.0, abs=EPS), key
+    assert result.metrics["saco/IL_FPR"] == 0.0  # no prompt of an absent concept answered
     # Every threshold up to 0.80 ties at ~1: the lowest is chosen.
     assert result.threshold == 0.05
     assert saco_evaluate(str(ann_file), detections, score_threshold=0.85).metrics["segm/cgF1"] == 0.0
@@ -450,7 +456,7 @@ def test_evaluate_reports_sa_co_metrics_with_the_threshold_chosen_on_valid(run_w
         assert out["metrics"][key] == pytest.approx(results["lora"][key], abs=1e-9), key
     for iou_type in ("bbox", "segm"):
         assert set(out["per_category_saco"][iou_type]) == set(toy.CATEGORIES)
-        assert set(out["per_category_saco"][iou_type]["circle"]) == {"IL_MCC", "pmF1", "cgF1"}
+        assert set(out["per_category_saco"][iou_type]["circle"]) == {"IL_MCC", "IL_FPR", "pmF1", "cgF1"}
     text = (run_dir / "eval_test.txt").read_text()
     assert "cgF1" in text and "IL_MCC" in text and f"{out['metrics']['saco/threshold']:.2f}" in text
 

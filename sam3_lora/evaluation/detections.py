@@ -1,14 +1,23 @@
 """A model's detections on a loader's batches, as COCO results: sam3's own postprocessor turns
 outputs into boxes, scores (presence included) and RLE masks at the original image size, the label
-being the queried category id (text prompt = category name)."""
+being the queried category id (text prompt = category name).
+
+Concept routing (``base_for``): the categories a tuned model was not trained on are answered by the
+base model inside it (its adapters off, :func:`sam3_lora.lora.adapters_off`), the others by the tuned
+model; each batch runs twice. When no adapter sits in the image trunk its output is the same for both
+runs, so the second reuses it: the extra cost is then the text/encoder/decoder path alone, otherwise
+one more trunk pass per batch.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, List
+from typing import Collection, Dict, Iterable, Iterator, List, Optional
 
 import torch
 from torch import nn
+
+from sam3_lora.lora import adapters_off, lora_modules
 
 
 def _postprocessor(max_dets: int, score_threshold: float = -1.0):
@@ -57,21 +66,52 @@ def predict(
     max_dets: int = 100,
     autocast: contextlib.AbstractContextManager = None,
     score_threshold: float = -1.0,
+    base_for: Optional[Collection[int]] = None,
 ) -> List[dict]:
-    """COCO-format detections (with RLE masks) for every image the batches cover."""
+    """COCO-format detections (with RLE masks) for every image the batches cover. ``base_for``: the
+    category ids answered with the adapters off (concept routing; see the module docstring)."""
     from sam3.model.utils.misc import copy_data_to_device
 
     post = _postprocessor(max_dets, score_threshold)
+    amp = autocast or contextlib.nullcontext()
     was_training = model.training
     model.eval()
     detections: List[dict] = []
     try:
-        for batch in batches:
-            batch = copy_data_to_device(batch, device, non_blocking=True)
-            with autocast or contextlib.nullcontext():
-                stages = model(batch)
-            results = post.process_results(stages, batch.find_metadatas)
-            detections.extend(_to_coco(results))
+        with trunk_reused(model) if base_for and not _trunk_adapted(model) else contextlib.nullcontext():
+            for batch in batches:
+                batch = copy_data_to_device(batch, device, non_blocking=True)
+                with amp:
+                    found = _to_coco(post.process_results(model(batch), batch.find_metadatas))
+                if base_for:
+                    with amp, adapters_off(model):
+                        base = _to_coco(post.process_results(model(batch), batch.find_metadatas))
+                    found = [d for d in found if d["category_id"] not in base_for]
+                    found += [d for d in base if d["category_id"] in base_for]
+                detections.extend(found)
     finally:
         model.train(was_training)
     return detections
+
+
+def _trunk_adapted(model: nn.Module) -> bool:
+    return any(True for _ in lora_modules(model.backbone.vision_backbone.trunk))
+
+
+@contextlib.contextmanager
+def trunk_reused(model: nn.Module) -> Iterator[None]:
+    """Inside, the image trunk given the very tensor it was given last returns its last output
+    (the trunk holds no adapter, so the routed second run of a batch would compute it again)."""
+    trunk = model.backbone.vision_backbone.trunk
+    stock, last = trunk.forward, {}
+
+    def forward(x, *args, **kwargs):
+        if last.get("input") is not x or args or kwargs:
+            last.update(input=x, output=stock(x, *args, **kwargs))
+        return last["output"]
+
+    trunk.forward = forward
+    try:
+        yield
+    finally:
+        del trunk.forward

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from torch import nn
 from sam3_lora.data.prepare import PreparedDataset
 from sam3_lora.evaluation.coco_ap import coco_evaluate
 from sam3_lora.evaluation.detections import predict
+from sam3_lora.evaluation.ground_truth import load_dataset
 from sam3_lora.evaluation.saco import SacoEvaluation, saco_evaluate
 
 
@@ -45,9 +46,11 @@ def score_split(
     max_dets: int = 100,
     autocast: Optional[contextlib.AbstractContextManager] = None,
     score_threshold: Optional[float] = None,
+    base_for: Optional[Set[int]] = None,
 ) -> SplitScore:
-    """``score_threshold`` None: the SA-Co threshold is chosen on this same split."""
-    detections = predict(model, loader, device, max_dets, autocast)
+    """``score_threshold`` None: the SA-Co threshold is chosen on this same split. ``base_for``: the
+    category ids answered with the adapters off (concept routing)."""
+    detections = predict(model, loader, device, max_dets, autocast, base_for=base_for)
     metrics, per_category, notes = coco_evaluate(ann_file, detections)
     sa_co = saco_evaluate(ann_file, detections, score_threshold)
     metrics.update(sa_co.metrics)
@@ -85,7 +88,9 @@ class HeldoutScore:
 
 @dataclass
 class HeldoutScorer:
-    """Scores models on ``data``'s split ``split`` (see the module docstring for the threshold rule)."""
+    """Scores models on ``data``'s split ``split`` (see the module docstring for the threshold rule).
+    ``tuned_concepts``: with concept routing, the category names the adapter was trained on; every
+    other category is answered by the base model inside (adapters off)."""
 
     data: PreparedDataset
     split: str
@@ -93,9 +98,17 @@ class HeldoutScorer:
     batch_size: int
     num_workers: int
     max_dets: int = 100
+    tuned_concepts: Optional[Set[str]] = None
 
     def _loader(self, name: str):
         return self.data.eval_loader(name, self.image_size, self.batch_size, self.num_workers)
+
+    def base_for(self, name: str) -> Optional[Set[int]]:
+        """Split ``name``'s category ids routed to the base (None without routing)."""
+        if self.tuned_concepts is None:
+            return None
+        categories = load_dataset(self.data.require(name).ann_file)["categories"]
+        return {c["id"] for c in categories if c["name"] not in self.tuned_concepts}
 
     def evaluator(self, name: str = "valid") -> Evaluator:
         return Evaluator(self.data.require(name).ann_file, self._loader(name), self.max_dets)
@@ -120,7 +133,9 @@ class HeldoutScorer:
                     "IL_MCC / pmF1 / cgF1 are optimistic (give a score threshold to fix one)"
                 ],
             )
-        detections = predict(model, self._loader("valid"), device, self.max_dets, autocast)
+        detections = predict(
+            model, self._loader("valid"), device, self.max_dets, autocast, base_for=self.base_for("valid")
+        )
         chosen = SacoEvaluation(valid.ann_file, detections).choose_threshold()
         images = self.data.num_images("valid")
         on = f"'valid' ({images} images)" if images is not None else "'valid'"
@@ -133,6 +148,7 @@ class HeldoutScorer:
         """``model`` on the held-out split at its threshold (see :meth:`threshold`)."""
         threshold, chosen_on, threshold_notes = self.threshold(model, device, autocast, given, given_as)
         split = self.data.require(self.split)
-        score = score_split(model, self._loader(self.split), split.ann_file, device, self.max_dets, autocast, threshold)
+        loader, base_for = self._loader(self.split), self.base_for(self.split)
+        score = score_split(model, loader, split.ann_file, device, self.max_dets, autocast, threshold, base_for)
         notes = self.data.notes(self.split) + score.notes + threshold_notes
         return HeldoutScore(self.data.name, self.split, score, chosen_on, notes)

@@ -1,4 +1,4 @@
-"""SA-Co metrics (SAM3 paper): IL_MCC, pmF1 and cgF1, from sam3's reference ``CGF1Eval``.
+"""SA-Co metrics (SAM3 paper): IL_MCC, pmF1 and cgF1, and IL_FPR, from sam3's reference ``CGF1Eval``.
 
 Each (image, concept prompt) pair is a datapoint; our evaluation asks every category of every
 image, so every (image, category) pair of the split is one. At a score threshold ``t``:
@@ -10,6 +10,10 @@ image, so every (image, category) pair of the split is one. At a score threshold
   are matched one-to-one to the instances (Hungarian on IoU); TP, FP and FN are summed over those
   pairs (micro), F1 taken per IoU threshold 0.50:0.05:0.95 and averaged.
 - **cgF1** = pmF1 x IL_MCC.
+- **IL_FPR** (image level false-positive rate): of the pairs without an instance (the concept is
+  absent from the image), the share answered with a detection scoring ``>= t``. Per concept it is
+  the figure for "does the model fire on this prompt where the concept is not": a tuned model that
+  answers every prompt with a detection has IL_FPR 1. Lower is better.
 
 All three are on the 0..1 scale of COCO AP here; the paper prints them x100.
 
@@ -28,6 +32,7 @@ Undefined cases, as reported:
 
 - pmF1 and cgF1 are -1 (printed '-', like COCO's -1) where there is no pair with an instance
   (a category absent from the split, or a split without annotations): nothing to find.
+- IL_FPR is -1 where there is no pair without an instance (a concept in every image).
 - IL_MCC with an empty marginal (no ground-truth positive, no predicted positive, or no
   negative of either kind) is 0: sam3's formula adds 1e-6 to a zero denominator over a zero
   numerator, as sklearn's ``matthews_corrcoef`` returns 0 there.
@@ -66,9 +71,10 @@ THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 # The flat metric keys, next to COCO AP's "bbox/AP", ...
 THRESHOLD_KEY = "saco/threshold"
 IL_MCC_KEY = "saco/IL_MCC"
-METRIC_KEYS = (THRESHOLD_KEY, IL_MCC_KEY, "bbox/pmF1", "bbox/cgF1", "segm/pmF1", "segm/cgF1")
-SCORE_KEYS = METRIC_KEYS[1:]  # the scores (higher is better); the threshold is not one
-PER_CATEGORY_STATS = ("IL_MCC", "pmF1", "cgF1")
+IL_FPR_KEY = "saco/IL_FPR"
+SCORE_KEYS = (IL_MCC_KEY, "bbox/pmF1", "bbox/cgF1", "segm/pmF1", "segm/cgF1")  # higher is better
+METRIC_KEYS = (THRESHOLD_KEY, *SCORE_KEYS, IL_FPR_KEY)
+PER_CATEGORY_STATS = ("IL_MCC", "IL_FPR", "pmF1", "cgF1")
 UNDEFINED = -1.0
 
 
@@ -163,12 +169,14 @@ class SacoEvaluation:
         with np.errstate(divide="ignore", invalid="ignore"), contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate(p)
         positive = sum(1 for r in ev.evalImgs if r["image_id"] in wanted and (r["IL_TP"] or r["IL_FN"]))
-        return {**ev.eval, "positive_pairs": positive}
+        return {**ev.eval, "positive_pairs": positive, "negative_pairs": len(wanted) - positive}
 
     def _scores(self, threshold: float, category_id: Optional[int] = None) -> Dict[str, float]:
         image_level = self.counts("bbox", threshold, category_id)
         il_mcc = float(image_level["IL_MCC"])
-        out = {IL_MCC_KEY: il_mcc}
+        # IL_FPR: of the pairs without an instance (the concept absent), the share with a detection
+        il_fpr = float(image_level["IL_FPR"]) if image_level["negative_pairs"] else UNDEFINED
+        out = {IL_MCC_KEY: il_mcc, IL_FPR_KEY: il_fpr}
         for iou_type in IOU_TYPES:
             c = image_level if iou_type == "bbox" else self.counts(iou_type, threshold, category_id)
             pm = float(np.mean(c["positive_micro_F1"])) if c["positive_pairs"] else UNDEFINED
@@ -188,6 +196,7 @@ class SacoEvaluation:
                 for iou_type in IOU_TYPES:
                     categories[iou_type][name] = {
                         "IL_MCC": s[IL_MCC_KEY],
+                        "IL_FPR": s[IL_FPR_KEY],
                         "pmF1": s[f"{iou_type}/pmF1"],
                         "cgF1": s[f"{iou_type}/cgF1"],
                     }

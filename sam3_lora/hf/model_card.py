@@ -29,7 +29,7 @@ LICENSE = {
 }
 PIPELINE_TAG = "image-segmentation"
 TAGS = ["sam3", "sam3_lora", "lora", "image-segmentation", "instance-segmentation", "promptable-concept-segmentation"]
-# The figures of the metrics table, in this order (keys of sam3_lora.evaluation.coco_ap's results).
+# The figures of the metrics table, in this order: COCO AP (pycocotools), then the SA-Co metrics.
 METRICS = (
     ("bbox/AP", "bbox AP"),
     ("bbox/AP50", "bbox AP50"),
@@ -37,6 +37,10 @@ METRICS = (
     ("segm/AP", "segm AP"),
     ("segm/AP50", "segm AP50"),
     ("segm/AP75", "segm AP75"),
+    ("segm/cgF1", "segm cgF1"),
+    ("segm/pmF1", "segm pmF1"),
+    ("saco/IL_MCC", "IL_MCC"),
+    ("saco/IL_FPR", "IL_FPR (lower is better)"),
 )
 
 
@@ -56,6 +60,7 @@ class RunFacts:
     heldout_split: Optional[str] = None
     command: Optional[str] = None
     tuned_label: Optional[str] = None  # "lora" or "finetuned" (full fine-tuning), from results.json
+    retention: Optional[dict] = None  # results.json's retention: {dataset, split, base, tuned, change}
 
     @classmethod
     def read(cls, run_dir) -> "RunFacts":
@@ -90,6 +95,7 @@ class RunFacts:
             if r.tuning.get("config"):
                 facts.lora = LoraConfig.from_dict(r.tuning["config"])
             facts.metrics = {k: v for k, v in (("base", r.base), ("tuned", r.tuned)) if v}
+            facts.retention = r.retention
         return facts
 
 
@@ -147,6 +153,8 @@ class ModelCard:
         )
         lines += ["## LoRA", "", *lora, ""]
         lines += ["## Results", "", *_metric_lines(f.metrics, f.heldout_split), ""]
+        if f.retention and not self.base_only:
+            lines += ["### What tuning kept", "", *_retention_lines(f.retention), ""]
         lines += ["## Reproduce", ""]
         lines += (
             ["```bash", f.command, "```"]
@@ -199,15 +207,31 @@ def _lora_lines(cfg: Optional[LoraConfig], trainable: Optional[int]) -> List[str
 def _metric_lines(metrics: Mapping[str, Mapping[str, float]], split: Optional[str]) -> List[str]:
     if not metrics:
         return ["Not recorded (no `results.json`: the run did not finish, or this export has no run directory)."]
-    base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
+    lines = [
+        f"On the held-out `{split}` split: COCO AP (pycocotools) and the SAM3 paper's SA-Co metrics (0..1; "
+        "cgF1 = pmF1 x IL_MCC at the score threshold chosen on valid; every concept prompted of every image).",
+        "",
+    ]
+    return lines + _comparison(metrics.get("base", {}), metrics.get("tuned", {}), ("base", "tuned"))
 
+
+def _retention_lines(retention: Mapping) -> List[str]:
+    return [
+        f"The frozen base and the tuned model on `{retention['dataset']}` ({retention['split']} split), a dataset "
+        "the run did not train on (its source domain, or concepts it did not tune): negative changes are forgotten.",
+        "",
+        *_comparison(retention.get("base") or {}, retention.get("tuned") or {}, ("base", "tuned")),
+    ]
+
+
+def _comparison(base: Mapping[str, float], tuned: Mapping[str, float], names) -> List[str]:
     def cell(m, key):
-        return f"{m[key]:.3f}" if key in m else "—"
+        return f"{m[key]:.3f}" if key in m and m[key] != -1 else "—"
 
-    lines = [f"COCO AP (pycocotools) on the held-out `{split}` split.", "", "| metric | base | tuned | change |"]
-    lines.append("|---|---|---|---|")
+    lines = [f"| metric | {names[0]} | {names[1]} | change |", "|---|---|---|---|"]
     for key, label in METRICS:
-        change = f"{tuned[key] - base[key]:+.3f}" if key in base and key in tuned else "—"
+        defined = key in base and key in tuned and base[key] != -1 and tuned[key] != -1
+        change = f"{tuned[key] - base[key]:+.3f}" if defined else "—"
         lines.append(f"| {label} | {cell(base, key)} | {cell(tuned, key)} | {change} |")
     return lines
 
@@ -329,6 +353,7 @@ def export_card(
     left_out: Optional[Mapping[str, str]] = None,
     base_only: bool = False,
     pushed_to: Optional[str] = None,
+    adapter_scale: Optional[float] = None,
 ) -> ModelCard:
     """The card an export writes beside (or into) its output."""
     library_name, tags, usage = EXPORT_FORMATS[fmt]
@@ -350,6 +375,11 @@ def export_card(
     notes += left_out_notes(left_out or {})
     if pushed_to:
         notes.append(f"Uploaded to {pushed_to} by `python -m sam3_lora.export push_to_hub=...`.")
+    if adapter_scale is not None and adapter_scale != 1:
+        notes.append(
+            f"Merged at adapter scale {adapter_scale:g} (`adapter_scale=`: 0 is the base model, 1 the adapter as "
+            "trained): the run's scores below are at scale 1."
+        )
     return ModelCard(
         title=f"SAM3 {what} ({fmt})",
         library_name=library_name,

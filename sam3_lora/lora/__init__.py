@@ -4,7 +4,9 @@ from sam3_lora.lora.adapter import AdapterError, AdapterInfo, load_adapter, read
 from sam3_lora.lora.config import PARTS, TARGETS, LoraConfig, LoraConfigError
 from sam3_lora.lora.inject import (
     InjectionReport,
+    adapter_scale,
     adapter_state_dict,
+    adapters_off,
     base_fingerprint,
     count_trainable,
     inject_lora,
@@ -12,6 +14,7 @@ from sam3_lora.lora.inject import (
     lora_parameters,
     merge_lora,
     parameter_summary,
+    set_adapter_scale,
     unmerge_lora,
 )
 from sam3_lora.lora.layers import LoraDelta, LoraLinear, LoraMultiheadAttention
@@ -26,6 +29,8 @@ __all__ = [
     "LoraLinear",
     "LoraMultiheadAttention",
     "PARTS",
+    "adapter_scale",
+    "adapters_off",
     "TARGETS",
     "adapter_state_dict",
     "base_fingerprint",
@@ -38,5 +43,6 @@ __all__ = [
     "parameter_summary",
     "read_adapter",
     "save_adapter",
+    "set_adapter_scale",
     "unmerge_lora",
 ]

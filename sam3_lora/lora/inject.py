@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -153,6 +154,47 @@ def merge_lora(model: nn.Module) -> None:
 def unmerge_lora(model: nn.Module) -> None:
     for _, m in lora_modules(model):
         m.unmerge()
+
+
+def set_adapter_scale(model: nn.Module, scale: float) -> None:
+    """Weigh every adapter's update by ``scale``: 0 is the base model, 1 the model as trained, between
+    them the tuned model pulled towards its base (WiSE-FT's interpolation, for LoRA: the same as
+    interpolating the weights). A merged layer is re-merged at the new scale; nothing is copied."""
+    for _, m in lora_modules(model):
+        if m.adapter_scale == scale:
+            continue
+        merged = m.merged
+        if merged:
+            m.unmerge()
+        m.adapter_scale = float(scale)
+        if merged:
+            m.merge()
+
+
+def adapter_scale(model: nn.Module) -> Optional[float]:
+    """The scale the adapters are at (None without LoRA)."""
+    scales = {m.adapter_scale for _, m in lora_modules(model)}
+    if len(scales) > 1:
+        raise ValueError(f"the adapters are at different scales {sorted(scales)}; set one with set_adapter_scale")
+    return scales.pop() if scales else None
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model inside the tuned one: every adapter switched off (its update not computed at
+    all, so the outputs are the base's), and back to its scale on exit. Nothing is copied."""
+    previous = {m: m.adapter_scale for _, m in lora_modules(model)}
+    set_adapter_scale(model, 0.0)
+    try:
+        yield model
+    finally:
+        for m, scale in previous.items():
+            merged = m.merged
+            if merged:
+                m.unmerge()
+            m.adapter_scale = scale
+            if merged:
+                m.merge()
 
 
 def parameter_summary(model: nn.Module) -> str:

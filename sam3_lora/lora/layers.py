@@ -64,9 +64,9 @@ class LoraDelta(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scale
 
 
-def add_packed_delta(out: Tensor, x: Tensor, parts: List[Tuple[int, int, LoraDelta]]) -> Tensor:
-    """``out`` plus the updates of several row slices of one packed weight, each added to
-    its own columns of ``out`` (the base projection of ``x``).
+def add_packed_delta(out: Tensor, x: Tensor, parts: List[Tuple[int, int, LoraDelta]], factor: float = 1.0) -> Tensor:
+    """``out`` plus ``factor`` times the updates of several row slices of one packed weight, each
+    added to its own columns of ``out`` (the base projection of ``x``).
 
     The slices share their input, so their A matrices are applied in one matmul (and one
     dropout mask, as a single update over the packed weight would have). A single update
@@ -78,13 +78,14 @@ def add_packed_delta(out: Tensor, x: Tensor, parts: List[Tuple[int, int, LoraDel
     h = F.linear(first.dropout(x.to(A.dtype)), A)
     width = out.shape[-1]
     if len(parts) == 1 and parts[0][:2] == (0, width) and out.dtype == h.dtype:
-        flat = torch.addmm(out.reshape(-1, width), h.reshape(-1, first.rank), first.lora_B.t(), alpha=first.scale)
+        alpha = first.scale * factor
+        flat = torch.addmm(out.reshape(-1, width), h.reshape(-1, first.rank), first.lora_B.t(), alpha=alpha)
         return flat.view(out.shape)
     pieces, cursor = [], 0
     for (start, stop, d), hi in zip(parts, h.split(first.rank, dim=-1)):
         if start > cursor:
             pieces.append(hi.new_zeros(*hi.shape[:-1], start - cursor))
-        pieces.append(F.linear(hi, d.lora_B) * d.scale)
+        pieces.append(F.linear(hi, d.lora_B) * (d.scale * factor))
         cursor = stop
     if cursor < width:
         pieces.append(h.new_zeros(*h.shape[:-1], width - cursor))
@@ -95,12 +96,22 @@ class LoraLayer(nn.Module):
     """A base layer plus LoRA updates, each on rows of one of its weights.
 
     Subclasses name where each update goes (``_updated_rows``); merging and unmerging are
-    the same for all: add or subtract ``scale · B @ A`` on those rows, once.
+    the same for all: add or subtract ``adapter_scale · scale · B @ A`` on those rows, once.
+
+    ``adapter_scale`` weighs the updates: 1 as trained, 0 the base layer exactly (the update is
+    not computed at all), between them an interpolation towards the base (WiSE-FT, for LoRA).
+    Set it through :func:`sam3_lora.lora.set_adapter_scale`, which re-merges a merged layer.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.merged = False
+        self.adapter_scale = 1.0
+
+    @property
+    def active(self) -> bool:
+        """Whether the forward adds the updates itself (unmerged, at a scale other than 0)."""
+        return not self.merged and self.adapter_scale != 0
 
     def _updated_rows(self) -> Iterator[Tuple[Tensor, slice, LoraDelta]]:
         raise NotImplementedError
@@ -108,7 +119,7 @@ class LoraLayer(nn.Module):
     def _add_updates(self, sign: float) -> None:  # (not _apply: nn.Module.to() uses that name)
         with torch.no_grad():
             for weight, rows, delta in self._updated_rows():
-                weight[rows] += sign * delta.delta_weight().to(weight.dtype)
+                weight[rows] += (sign * self.adapter_scale) * delta.delta_weight().to(weight.dtype)
 
     def merge(self) -> None:
         """Fold the updates into the base weights (inference at the base layer's speed)."""
@@ -151,17 +162,17 @@ class LoraLinear(LoraLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
-        if self.merged:
+        if not self.active:
             return out
         parts = [(start, stop, self.lora[name]) for name, (start, stop) in self.slices.items()]
-        return add_packed_delta(out, x, parts)
+        return add_packed_delta(out, x, parts, self.adapter_scale)
 
     def _updated_rows(self):
         for name, (start, stop) in self.slices.items():
             yield self.base_layer.weight, slice(start, stop), self.lora[name]
 
     def extra_repr(self) -> str:
-        return f"slices={self.slices}, merged={self.merged}"
+        return f"slices={self.slices}, merged={self.merged}, adapter_scale={self.adapter_scale:g}"
 
 
 def _map_keeping_identity(fn, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -254,7 +265,7 @@ class LoraMultiheadAttention(LoraLayer):
             y = F.linear(x, mha.in_proj_weight[rows], bias)
             parts = [(i * e, (i + 1) * e, self.lora[r]) for i, r in enumerate(roles) if r in self.lora]
             if parts:
-                y = add_packed_delta(y, x, parts)
+                y = add_packed_delta(y, x, parts, self.adapter_scale)
             out.update(zip(roles, y.split(e, dim=-1)))
         return out["q"], out["k"], out["v"]
 
@@ -270,7 +281,7 @@ class LoraMultiheadAttention(LoraLayer):
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         mha = self.base_layer
-        if self.merged:
+        if not self.active:  # merged, or at scale 0: the stock module is the whole layer
             return mha(
                 query,
                 key,
@@ -359,7 +370,7 @@ class LoraMultiheadAttention(LoraLayer):
         proj = mha.out_proj
         y = F.linear(out, proj.weight, proj.bias)
         if "out" in self.lora:
-            y = add_packed_delta(y, out, [(0, embed_dim, self.lora["out"])])
+            y = add_packed_delta(y, out, [(0, embed_dim, self.lora["out"])], self.adapter_scale)
         y = y.view(tgt_len, bsz, embed_dim)
         if not batched:
             y = y.squeeze(1)
@@ -368,4 +379,4 @@ class LoraMultiheadAttention(LoraLayer):
         return y, weights
 
     def extra_repr(self) -> str:
-        return f"targets={tuple(self.lora.keys())}, merged={self.merged}"
+        return f"targets={tuple(self.lora.keys())}, merged={self.merged}, adapter_scale={self.adapter_scale:g}"

@@ -23,6 +23,7 @@ RESULT_COLUMNS = (
     ("segm AP50", "segm/AP50"),
     ("segm cgF1", "segm/cgF1"),
     ("IL_MCC", "saco/IL_MCC"),
+    ("IL_FPR", "saco/IL_FPR"),
     ("segm pmF1", "segm/pmF1"),
 )
 

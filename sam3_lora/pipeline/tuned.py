@@ -13,10 +13,11 @@ config group), checked after interpolation, before anything is built.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 import torch
 from hydra.utils import instantiate
@@ -27,7 +28,7 @@ from yaml import YAMLError
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
-from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora
+from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora, set_adapter_scale
 from sam3_lora.pipeline.settings import model_builders
 from sam3_lora.runs import layout
 from sam3_lora.runs.lock import read_owner
@@ -49,10 +50,24 @@ class Tuned:
     adapter: Optional[Path]
     info: Optional[AdapterInfo]
     notes: List[str] = field(default_factory=list)  # what the figures made with it rest on
+    adapter_scale: Optional[float] = None  # the adapter's weight (None: no adapter)
 
     def describe(self) -> str:
         what = f"model={self.model_cfg.get('name')}"
-        return f"{what} + adapter {self.adapter}" if self.adapter else f"{what} (frozen base, no adapter)"
+        if not self.adapter:
+            return f"{what} (frozen base, no adapter)"
+        scale = "" if self.adapter_scale == 1 else f" at scale {self.adapter_scale:g}"
+        return f"{what} + adapter {self.adapter}{scale}"
+
+    def tuned_concepts(self) -> Set[str]:
+        """The concepts the adapter was trained on: its training split's category names."""
+        split = self.dataset.train if self.dataset is not None else None
+        if split is None or not split.exists():
+            raise RunDirError(
+                "concept routing needs the tuned model's training categories: its dataset's train split "
+                f"({split.ann_file if split is not None else 'none recorded'}) is not there"
+            )
+        return {c["name"] for c in json.loads(Path(split.ann_file).read_text())["categories"]}
 
 
 def run_config_path(run_dir) -> Path:
@@ -120,42 +135,59 @@ def run_adapter(run_dir) -> Path:
 
 
 def load_tuned(cfg: DictConfig, dataset_given: bool = False) -> Tuned:
-    """``cfg`` has ``run_dir``, ``adapter``, ``base`` and (without run_dir) ``model`` / ``dataset``.
+    """``cfg`` has ``run_dir``, ``adapter``, ``base``, ``adapter_scale``, ``merge`` and (without run_dir)
+    ``model`` / ``dataset``.
 
     ``dataset_given``: the command line set ``dataset`` (another dataset to score a run on, say
-    its source domain); it replaces the run's recorded one.
+    its source domain); it replaces the run's recorded one. ``adapter_scale``: the adapter's weight
+    (0: the base, 1: as trained); a merged model is merged at that scale.
     """
-    notes = []
+    scale = adapter_scale_of(cfg)
     if cfg.get("run_dir"):
-        notes += _still_training(Path(cfg.run_dir))
-        rc, model_cfg = run_model_config(cfg.run_dir)
-        recorded = rc.get("dataset")
-        where = f"{run_config_path(cfg.run_dir)} (dataset)"
-        if dataset_given:
-            dataset = instantiate(cfg.dataset)
-        else:
-            dataset = None if recorded is None else _recorded_dataset(recorded, where)
-        adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
-        seed = rc.get("seed", 0)
-        if not isinstance(seed, int):
-            raise RunDirError(f"{run_config_path(cfg.run_dir)}: seed={seed!r} is not an integer")
-        # Training built the model first thing after seeding: a randomly initialised base
-        # (model=sam3_tiny) comes out identical here. Checkpointed bases do not depend on it.
-        torch.manual_seed(seed)
+        model_cfg, dataset, adapter, notes = _from_run_dir(cfg, dataset_given)
     else:
-        model_cfg = cfg.model
+        model_cfg, notes = cfg.model, []
         dataset = instantiate(cfg.dataset) if cfg.get("dataset") is not None else None
         adapter = None if cfg.get("base") or not cfg.get("adapter") else Path(cfg.adapter)
     model = instantiate(model_cfg)
     if not isinstance(model, nn.Module):
         raise RunDirError(f"model config {model_cfg.get('name')!r} built a {type(model).__name__}, not a model")
     info = load_adapter(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
+    set_adapter_scale(model, scale)
     if info is not None and cfg.get("merge"):
         merge_lora(model)  # the updates folded into the weights: inference at the base model's cost
     # For use, not training: no weight changes, so each prompt is encoded once.
     model.requires_grad_(False)
     install_text_cache(model)
-    return Tuned(model.eval(), model_cfg, dataset, adapter, info, notes)
+    return Tuned(model.eval(), model_cfg, dataset, adapter, info, notes, scale if info is not None else None)
+
+
+def adapter_scale_of(cfg: DictConfig) -> float:
+    """``adapter_scale=``: a finite number >= 0 (0: the base model, 1: the adapter as trained)."""
+    value = cfg.get("adapter_scale", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise RunDirError(f"adapter_scale={value!r}: a number >= 0 (0: the base model, 1: the adapter as trained)")
+    return float(value)
+
+
+def _from_run_dir(cfg: DictConfig, dataset_given: bool):
+    """A run directory's model config (checked), dataset (its own, or the one given), adapter, notes."""
+    notes = _still_training(Path(cfg.run_dir))
+    rc, model_cfg = run_model_config(cfg.run_dir)
+    recorded = rc.get("dataset")
+    where = f"{run_config_path(cfg.run_dir)} (dataset)"
+    if dataset_given:
+        dataset = instantiate(cfg.dataset)
+    else:
+        dataset = None if recorded is None else recorded_dataset(recorded, where)
+    adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
+    seed = rc.get("seed", 0)
+    if not isinstance(seed, int):
+        raise RunDirError(f"{run_config_path(cfg.run_dir)}: seed={seed!r} is not an integer")
+    # Training built the model first thing after seeding: a randomly initialised base
+    # (model=sam3_tiny) comes out identical here. Checkpointed bases do not depend on it.
+    torch.manual_seed(seed)
+    return model_cfg, dataset, adapter, notes
 
 
 def _still_training(run_dir: Path) -> List[str]:
@@ -172,7 +204,7 @@ def _still_training(run_dir: Path) -> List[str]:
     return [note]
 
 
-def _recorded_dataset(section: DictConfig, where: str) -> DatasetConfig:
+def recorded_dataset(section: DictConfig, where: str) -> DatasetConfig:
     """A run's dataset section, read as data: built field by field, its ``_target_`` never imported."""
     try:
         values = OmegaConf.to_container(section, resolve=True)

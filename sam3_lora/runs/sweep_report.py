@@ -37,13 +37,27 @@ log = logging.getLogger("sam3_lora.report")
 
 BASE = "frozen base"
 # (column, results key): figures averaged per setup.
-TARGET = (("target_bbox_AP", "bbox/AP"), ("target_segm_AP", "segm/AP"), ("target_segm_cgF1", "segm/cgF1"))
+TARGET = (
+    ("target_bbox_AP", "bbox/AP"),
+    ("target_segm_AP", "segm/AP"),
+    ("target_segm_cgF1", "segm/cgF1"),
+    ("target_IL_FPR", "saco/IL_FPR"),
+)
 SOURCE = (
     ("source_change_bbox_AP", "bbox/AP"),
     ("source_change_segm_AP", "segm/AP"),
     ("source_change_segm_cgF1", "segm/cgF1"),
 )
 FIGURES = tuple(c for c, _ in TARGET + SOURCE) + ("trainable_parameters", "step_time_s")
+LABELS = {
+    "target_bbox_AP": "target bbox AP",
+    "target_segm_AP": "target segm AP",
+    "target_segm_cgF1": "target segm cgF1",
+    "target_IL_FPR": "target IL_FPR",
+    "source_change_bbox_AP": "source Δ bbox AP",
+    "source_change_segm_AP": "source Δ segm AP",
+    "source_change_segm_cgF1": "source Δ segm cgF1",
+}
 
 
 class SweepReportError(ValueError):
@@ -184,11 +198,9 @@ def findings(rows: List[SetupRow]) -> List[str]:
 
 
 def markdown(rows: List[SetupRow]) -> str:
-    head = (
-        "| setup | n | target bbox AP | target segm AP | target segm cgF1 | source Δ bbox AP | source Δ segm AP "
-        "| source Δ segm cgF1 | trainable | s / step |"
-    )
-    lines = [head, "|" + "---|" * 10]
+    figures = [LABELS[c] for c, _ in TARGET + SOURCE]
+    head = "| " + " | ".join(["setup", "n", *figures, "trainable", "s / step"]) + " |"
+    lines = [head, "|" + "---|" * (len(figures) + 4)]
     for r in rows:
         trainable = r.mean["trainable_parameters"]
         step = r.mean["step_time_s"]
@@ -205,7 +217,8 @@ def markdown(rows: List[SetupRow]) -> str:
         "",
         "Target: the held-out split of the training dataset. Source Δ: the tuned model minus the frozen base on the "
         "retention dataset (negative = forgotten). cgF1 = pmF1 x IL_MCC at the score threshold chosen on valid "
-        "(0..1; the SAM3 paper prints x100). Mean ± std over the seeds (n).",
+        "(0..1; the SAM3 paper prints x100); IL_FPR: the share of prompts of absent concepts answered with a "
+        "detection (lower is better). Mean ± std over the seeds (n).",
     ]
     return "\n".join(lines + notes + ([""] + found if found else [])) + "\n"
 

@@ -4,8 +4,9 @@ sam3 encodes every prompt of a batch at every step (its collator lists the batch
 names); with the text encoder frozen — LoRA presets without the ``text`` part, evaluation,
 prediction — the same names give the same outputs every time. ``install_text_cache`` puts a
 :class:`TextEncodingCache` in front of the model's ``VETextEncoder``: each prompt's outputs
-are kept, keyed by its token ids (and the device and autocast state they were computed
-under), and a batch is assembled from them; only prompts not seen before are encoded.
+are kept, keyed by its token ids (and the device, autocast state and text-encoder adapter scales
+they were computed under), and a batch is assembled from them; only prompts not seen before are
+encoded.
 
 The cache steps aside — the stock forward runs — whenever any text-encoder parameter
 requires a gradient (its weights may change), for pre-encoded text or box inputs, and when
@@ -45,7 +46,7 @@ class TextEncodingCache:
         if not plain_prompts or input_boxes or not self.active():
             return self.stock_forward(text, input_boxes, device=device)
         tokens = self.encoder.tokenizer(list(text), context_length=self.encoder.context_length)
-        state = _numeric_state(device)
+        state = (_numeric_state(device), _adapter_state(self.encoder))
         keys = [(tuple(row.tolist()), state) for row in tokens]
         missing = list(OrderedDict.fromkeys(i for i, k in enumerate(keys) if k not in self.entries))
         new = {}
@@ -75,6 +76,12 @@ def _numeric_state(device) -> Hashable:
     if torch.is_autocast_enabled(kind):
         return str(device), torch.get_autocast_dtype(kind)
     return str(device), None
+
+
+def _adapter_state(encoder: nn.Module) -> Hashable:
+    """The scales of any LoRA layers in the text encoder (``adapter_scale``): switching adapters off
+    or scaling them changes the outputs, so it is part of the key."""
+    return tuple(m.adapter_scale for m in encoder.modules() if hasattr(m, "adapter_scale"))
 
 
 def text_encoder(model: nn.Module) -> nn.Module:
