@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -32,8 +33,10 @@ from sam3_lora.pipeline.readiness import own_run_directory, require_ready
 from sam3_lora.pipeline.results import results_table, run_results, write_results
 from sam3_lora.pipeline.scoring import score_base, score_tuned, scored_datasets
 from sam3_lora.pipeline.settings import RunSettings, check_settings, run_command
+from sam3_lora.runs import layout
 from sam3_lora.runs.lock import RunDirectoryLock
 from sam3_lora.speed.levers import apply_speed_levers
+from sam3_lora.speed.trunk_cache import TrunkFeatureCache, install_trunk_cache, trunk_of
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.config import TrainerConfig
@@ -74,6 +77,7 @@ def train(
     seed_everything(s.seed, s.trainer.deterministic)
     target, retention = prepare_data(s, run_dir, info)
     model = instantiate(s.config.model)
+    trunk_cache = cache_trunk(model, s, run_dir)
     device = training_device(s.trainer, info)
     loader_settings = eval_loader_settings(model, s.trainer)
     scored = scored_datasets(run_dir, target, retention, s.final_eval.split, s.final_eval.compare_base, loader_settings)
@@ -98,9 +102,12 @@ def train(
     best = ckpt.restore_best(model, run_dir)  # the best validation's weights, and its threshold
     scores = score_tuned(scored, model, device, trainer.autocast(), (best or {}).get(THRESHOLD_KEY))
     facts = dict(world_size=info.world_size, overrides=run_name, seed=s.seed)
+    facts["trunk_cache"] = trunk_cache.stats() if trunk_cache is not None else None
     results = run_results(s.tuning, scores, fit, target, count_trainable(model), **facts)
     write_results(results, run_dir, trainer.loggers, trainer.step, s.config.optimizer.lr, effective_batch(s, info))
     trainer.loggers.finish()
+    if trunk_cache is not None and not s.trainer.trunk_cache_dir:
+        shutil.rmtree(run_dir / layout.TRUNK_CACHE_DIR, ignore_errors=True)  # the run's own: only a cache
     log.info("\n%s", results_table(results, run_dir))
     return results.to_dict()
 
@@ -126,6 +133,32 @@ def prepare_data(s: RunSettings, run_dir: Path, info: DistInfo) -> Tuple[Prepare
     if s.retention is not None and info.is_main:
         retention = prepare_dataset(s.retention, run_dir / "data" / "retention", splits=("valid", "test"))
     return target, retention
+
+
+def cache_trunk(model, s: RunSettings, run_dir: Path) -> Optional[TrunkFeatureCache]:
+    """The image trunk's features computed once per image and reused — in base scoring, every epoch,
+    validation and final scoring — when training leaves the trunk frozen and feeds it the same images."""
+    t = s.trainer
+    if not t.trunk_cache:
+        return None
+    if s.tuning.adapts_trunk(model):
+        log.info("trunk cache off: this tuning trains the image trunk (its features change every step)")
+        return None
+    if s.dataset.augment.scale_min < 1:
+        log.info(
+            "trunk cache off: dataset.augment.scale_min=%g resizes each training image at random, so the trunk "
+            "never sees the same input twice (scale_min=1 keeps flips only: two cached variants)",
+            s.dataset.augment.scale_min,
+        )
+        return None
+    trunk_of(model).requires_grad_(False)  # frozen from here on, as the tuning will leave it
+    disk = Path(t.trunk_cache_dir) if t.trunk_cache_dir else run_dir / layout.TRUNK_CACHE_DIR
+    log.info(
+        "trunk cache on: each image's trunk features computed once (up to %g GB in memory, then in %s)",
+        t.trunk_cache_memory_gb,
+        disk,
+    )
+    return install_trunk_cache(model, t.trunk_cache_memory_gb, disk)
 
 
 def training_device(t: TrainerConfig, info: DistInfo) -> torch.device:

@@ -38,7 +38,7 @@ def _compose(overrides):
 
 def test_groups_have_the_expected_options():
     assert GROUPS["model"] == ["sam3", "sam3_medium", "sam3_tiny", "sam3_tiny_toy"]
-    assert GROUPS["lora"] == ["balanced", "full", "minimal", "none"]
+    assert GROUPS["lora"] == ["balanced", "full", "heads", "minimal", "none"]
     assert GROUPS["optimizer"] == ["adamw", "sgd"]
     assert GROUPS["scheduler"] == ["constant", "step", "warmup_cosine"]
     assert GROUPS["logger"] == ["all", "none", "tensorboard", "wandb"]

@@ -28,7 +28,11 @@ def test_the_dry_run_gives_every_section_a_number(tmp_path):
     tests = sections["cuda tests"]
     assert tests["tests"] >= 20 and tests["failures"] == tests["errors"] == 0  # collected; they skip on a CPU
     figures = sections["benchmark"]["figures"]
-    for key in ("full_step_ms", "lora_step_ms", "merged_ms_per_image", "unmerged_vs_merged", "batch1_ckpt_gb"):
+    for key in ("full_step_ms", "lora_step_ms", "merged_ms_per_image", "unmerged_vs_merged", "batch1_ckpt_gb") + (
+        "trunk_heads_vs_balanced",
+        "trunk_forward_ratio",
+        "trunk_mb_per_image",
+    ):
         assert figures[key] > 0, key
     assert 0.5 < figures["text_cache_ratio"] < 2
     assert sections["quick start"]["figures"]["segm/AP"] >= 0 and sections["quick start"]["step_time_s"] > 0

@@ -11,7 +11,9 @@ On the same model, batch and machine it measures
   LoRA on the same targets where PEFT can express them (nn.Linear updates);
 * inference time for the base model, LoRA unmerged and LoRA merged;
 * data-loader images/s at the trainer's default worker count against the images/s a
-  LoRA training step consumes.
+  LoRA training step consumes;
+* the cached trunk: LoRA heads with and without it against LoRA balanced, epochs after the
+  first, and the validation forward with and without it.
 Each training setup runs in a fresh process, so memory peaks do not mix. Prints a
 Markdown table and writes JSON (--json).
 """
@@ -43,12 +45,25 @@ PEFT_SAME_R = "PEFT: same modules, r8 on the whole qkv (fewer parameters)"
 
 # ----------------------------------------------------------------------------- shared setup
 def build(model_name: str):
+    """``sam3`` (the stock 840M model, random weights), ``sam3_medium``, ``sam3_tiny``; ``NAME@SIZE``: that
+    architecture at another input size (e.g. ``sam3@336``: the stock trunk and heads on a CPU budget)."""
     from sam3_lora.models import build_model
 
     torch.manual_seed(0)
-    if model_name == "sam3":
+    name, _, size = model_name.partition("@")
+    size_name = "full" if name == "sam3" else name.removeprefix("sam3_")
+    if size:
+        return build_model(size_name, overrides={"img_size": int(size)})
+    if name == "sam3":
         return build_model("sam3", random_init=True)
-    return build_model(model_name.removeprefix("sam3_"))
+    return build_model(size_name)
+
+
+def model_name(value: str) -> str:
+    name, _, size = value.partition("@")
+    if name not in ("sam3_tiny", "sam3_medium", "sam3") or (size and not size.isdigit()):
+        raise argparse.ArgumentTypeError(f"{value!r}: one of sam3_tiny, sam3_medium, sam3, optionally @SIZE")
+    return value
 
 
 def toy_split(root: Path):
@@ -327,10 +342,96 @@ def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: 
     }
 
 
+def trunk_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: int, data_root: Path) -> dict:
+    """The cached trunk (sam3_lora/speed/trunk_cache.py) in epochs after the first, in one process: LoRA
+    balanced (its trunk trains: no cache), LoRA heads uncached and LoRA heads cached, their steps
+    interleaved round by round over the same batches so the machine's drift hits all three alike; and
+    the heads model's validation forward (no grad, eval mode) uncached and cached. Both models have the
+    text cache, as in training."""
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from sam3_lora.lora import inject_lora, lora_parameters
+    from sam3_lora.speed.text_cache import install_text_cache
+    from sam3_lora.speed.trunk_cache import install_trunk_cache, remove_trunk_cache, trunk_of
+    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+
+    models = {}
+    for preset in ("balanced", "heads"):
+        model = build(model_name).to(device).train()
+        inject_lora(model, lora_config(preset))
+        install_text_cache(model)  # as the trainer runs both (neither adapts the text encoder)
+        models[preset] = (model, torch.optim.AdamW(lora_parameters(model), lr=1e-4))
+    heads = models["heads"][0]
+    loss_fn = build_sam3_loss(heads.transformer.decoder.num_queries)
+    data = [
+        copy_data_to_device(b, device) if device.type == "cuda" else b
+        for b in batches(heads, toy_split(data_root), batch_size, 4)
+    ]
+    amp = _autocast(device)
+    cache = install_trunk_cache(heads)
+    with torch.no_grad(), amp:  # the first epoch: every image through the trunk once
+        for b in data:
+            heads(b)
+    filled = cache.stats()
+
+    def cached(on: bool) -> None:
+        remove_trunk_cache(heads)
+        if on:
+            trunk_of(heads).forward = cache  # the same, filled cache back in front of the trunk
+
+    def train_steps(preset: str) -> float:
+        model, opt = models[preset]
+        model.train()
+        _sync(device)
+        t = time.perf_counter()
+        for b in data:
+            with amp:
+                loss = core_loss(compute_loss(model, loss_fn, b))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        return (time.perf_counter() - t) / len(data)
+
+    def forward_pass() -> float:
+        heads.eval()
+        _sync(device)
+        t = time.perf_counter()
+        with torch.no_grad(), amp:
+            for b in data:
+                heads(b)
+        _sync(device)
+        return (time.perf_counter() - t) / len(data)
+
+    runs = {
+        "balanced": lambda: (cached(False), train_steps("balanced"))[1],
+        "heads": lambda: (cached(False), train_steps("heads"))[1],
+        "heads_cached": lambda: (cached(True), train_steps("heads"))[1],
+        "forward": lambda: (cached(False), forward_pass())[1],
+        "forward_cached": lambda: (cached(True), forward_pass())[1],
+    }
+    times = {k: [] for k in runs}
+    for i in range(warmup + steps):
+        for name, fn in runs.items():
+            t = fn()
+            if i >= warmup:
+                times[name].append(t)
+    m = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        **{f"{k}_s": v for k, v in m.items()},
+        "heads_cached_vs_balanced": m["heads_cached"] / m["balanced"],
+        "heads_cached_vs_heads": m["heads_cached"] / m["heads"],
+        "forward_cached_vs_forward": m["forward_cached"] / m["forward"],
+        "bytes_per_image": cache.memory_bytes / max(filled["misses"], 1),
+        "images": filled["misses"],
+        "steps": steps * len(data),
+    }
+
+
 def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_root: Path, batches_n: int = 24) -> float:
     from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 
-    size = 1008 if model_name == "sam3" else build(model_name).image_size
+    size = build(model_name).image_size
     ds = build_dataset(toy_split(data_root), size, training=True)
     loader = build_loader(ds, batch_size, True, num_workers=num_workers)
     it = iter(loader)
@@ -369,7 +470,12 @@ def machine(device) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="sam3_medium", choices=["sam3_tiny", "sam3_medium", "sam3"])
+    ap.add_argument(
+        "--model",
+        default="sam3_medium",
+        type=model_name,
+        help="sam3_tiny, sam3_medium or sam3 (the stock architecture); NAME@SIZE at another input size",
+    )
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -394,10 +500,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--suite",
-        choices=("all", "levers"),
+        choices=("all", "levers", "trunk"),
         default="all",
         help="all: every preset, PEFT and each lever; levers: full fine-tuning and LoRA balanced with each lever "
-        "added in turn, and batch 1 with ViT activation checkpointing (what make gpu-check measures)",
+        "added in turn, and batch 1 with ViT activation checkpointing (what make gpu-check measures); trunk: "
+        "the cached-trunk rows alone",
     )
     ap.add_argument("--inference-batch", type=int, default=None, help="inference batch (default: --batch)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -446,6 +553,8 @@ def main() -> None:
         {"name": f"LoRA balanced + levers, batch {b}", **all_levers, "batch": b, "may_fail": True}
         for b in args.best_batch
     ]
+    if args.suite == "trunk":
+        setups = []
     toy_split(Path(args.data))  # generate once, before the children
     results = {
         "machine": machine(device),
@@ -471,16 +580,23 @@ def main() -> None:
                 f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
                 file=sys.stderr,
             )
-    results["text_cache"] = text_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
-    infer_batch = args.inference_batch or args.batch
-    results["inference"] = inference(args.model, device, infer_batch, args.warmup, args.steps, Path(args.data))
-    results["inference_batch"] = infer_batch
+    if args.suite != "trunk":
+        results["text_cache"] = text_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
+    results["trunk_cache"] = trunk_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
+    if args.suite != "trunk":
+        infer_batch = args.inference_batch or args.batch
+        results["inference"] = inference(args.model, device, infer_batch, args.warmup, args.steps, Path(args.data))
+        results["inference_batch"] = infer_batch
     if args.suite == "all":
         results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
         results["data_workers"] = workers
-    print(report(results))
+    print(report(results) if results["train"] else trunk_report(results))
     if args.json:
-        out = Path(args.json) if args.json != "auto" else RESULTS_DIR / f"{device_slug(device)}_{args.model}.json"
+        out = (
+            Path(args.json)
+            if args.json != "auto"
+            else RESULTS_DIR / f"{device_slug(device)}_{args.model.replace('@', '_at')}.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
         print(f"written: {out}", file=sys.stderr)
@@ -541,6 +657,7 @@ def report(r: dict) -> str:
             f"balanced step **{tc['ratio']:.3f}x** (target <= 1.00); the text encoder per call "
             f"{tc['encoder_stock_s'] * 1000:.1f} ms stock, {tc['encoder_cached_s'] * 1000:.2f} ms cached"
         )
+    lines += trunk_cache_summary(r.get("trunk_cache"))
     if OURS_LINEAR in t:
         ours = t[OURS_LINEAR]["step_s"]
         lines.append(
@@ -559,6 +676,24 @@ def report(r: dict) -> str:
         )
     lines += lever_summary(r)
     return "\n".join(lines)
+
+
+def trunk_report(r: dict) -> str:
+    head = f"**{r['model']}**, batch {r['batch']}, {r['machine']}"
+    return "\n".join([head, "", *trunk_cache_summary(r["trunk_cache"])])
+
+
+def trunk_cache_summary(tc) -> list:
+    if not tc:
+        return []
+    return [
+        f"- trunk cache, epochs after the first, interleaved in one process over {tc['steps']} steps each: LoRA heads "
+        f"cached {tc['heads_cached_s'] * 1000:.0f} ms, LoRA heads uncached {tc['heads_s'] * 1000:.0f} ms, LoRA balanced "
+        f"{tc['balanced_s'] * 1000:.0f} ms per step: heads cached / balanced **{tc['heads_cached_vs_balanced']:.2f}x** "
+        f"(target <= 0.30), / heads uncached **{tc['heads_cached_vs_heads']:.2f}x** (the cache's own share)",
+        f"- trunk cache, validation forward (no grad): cached / uncached **{tc['forward_cached_vs_forward']:.2f}x** "
+        f"(target <= 0.30); {tc['bytes_per_image'] / 2**20:.2f} MB per cached image",
+    ]
 
 
 def lever_summary(r: dict) -> list:

@@ -10,7 +10,7 @@ the budget, is reported as such):
    lora=balanced, full and none, its peak memory);
 2. ``benchmark``: ``tools/bench.py --model sam3 --suite levers``: full fine-tuning against LoRA
    balanced at batch 4 with each lever added in turn, batch 1 with ViT activation checkpointing,
-   merged and unmerged inference at batch 1, the text cache interleaved;
+   merged and unmerged inference at batch 1, the text cache and the cached trunk interleaved;
 3. ``quick start``: ``python -m sam3_lora.train experiment=quickstart``, its wall time and figures.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``: the device, the versions, each section's
@@ -44,6 +44,8 @@ TARGETS = (
     ("unmerged / merged inference", "unmerged_vs_merged", "<=", 1.05),
     ("peak memory at batch 1 with ViT act. ckpt, GB", "batch1_ckpt_gb", "<=", 6.0),
     ("text cache step / stock step (interleaved)", "text_cache_ratio", "<=", 1.00),
+    ("LoRA heads cached step / LoRA balanced step, epochs after the first", "trunk_heads_vs_balanced", "<=", 0.30),
+    ("validation forward, cached trunk / uncached", "trunk_forward_ratio", "<=", 0.30),
 )
 
 
@@ -132,6 +134,10 @@ def bench_figures(b: Dict) -> Dict[str, Optional[float]]:
         "unmerged_vs_merged": i["unmerged_s"] / i["merged_s"],
         "batch1_ckpt_gb": small and small["peak_total_mb"] / 1024,
         "text_cache_ratio": b.get("text_cache", {}).get("ratio"),
+        "trunk_heads_vs_balanced": b.get("trunk_cache", {}).get("heads_cached_vs_balanced"),
+        "trunk_heads_vs_heads": b.get("trunk_cache", {}).get("heads_cached_vs_heads"),
+        "trunk_forward_ratio": b.get("trunk_cache", {}).get("forward_cached_vs_forward"),
+        "trunk_mb_per_image": b.get("trunk_cache") and b["trunk_cache"]["bytes_per_image"] / 2**20,
     }
 
 

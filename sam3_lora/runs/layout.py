@@ -21,6 +21,7 @@ MODEL_CARD = "README.md"  # the Hugging Face model card (sam3_lora/hf/model_card
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+TRUNK_CACHE_DIR = "trunk_cache"  # trunk features beyond the memory budget, during the run (removed at its end)
 
 
 def adapter_file(tag: str) -> str:

@@ -71,6 +71,7 @@ class RunResults:
     dataset: Optional[DatasetFacts] = None
     notes: List[str] = field(default_factory=list)
     retention: Optional[Dict[str, Any]] = None  # {"dataset", "split", "base", "tuned", "change"}
+    trunk_cache: Optional[Dict[str, int]] = None  # the trunk feature cache's hits and misses, when it ran
 
     @property
     def tuned_label(self) -> Optional[str]:

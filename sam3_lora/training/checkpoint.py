@@ -55,6 +55,9 @@ RESUMABLE_CHANGES = (
     "trainer.text_cache",  # speed levers that leave the numbers as they are
     "trainer.compile",
     "trainer.stale_lock_s",
+    "trainer.trunk_cache",
+    "trainer.trunk_cache_memory_gb",
+    "trainer.trunk_cache_dir",
     "logger",
     "model.cache_dir",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from sam3_lora.core.schema import Valid, at_least, one_of, positive, setting
+from sam3_lora.core.schema import Valid, at_least, number_in, one_of, positive, setting
 from sam3_lora.evaluation.coco_ap import STAT_NAMES
 from sam3_lora.evaluation.saco import SCORE_KEYS
 
@@ -45,6 +45,22 @@ class TrainerConfig:
     activation_checkpointing: bool = setting(False, "recompute ViT blocks in backward (less memory, ~30% more time)")
     text_cache: bool = setting(
         True, "while the text encoder is frozen, encode each prompt once and reuse it (same outputs)"
+    )
+    trunk_cache: bool = setting(
+        True,
+        "while the image trunk is frozen and sees the same images (no random resize), compute each image's trunk "
+        "features once and reuse them in later epochs, validations and scoring (sam3_lora/speed/trunk_cache.py)",
+    )
+    trunk_cache_memory_gb: float = setting(
+        4.0,
+        "trunk features kept in host memory (GB); beyond it, on disk (trunk_cache_dir)",
+        number_in(0, float("inf"), "a number of GB >= 0"),
+    )
+    trunk_cache_dir: Optional[str] = setting(
+        None,
+        "a folder for trunk features beyond the memory budget, kept and shared by runs (memory-mapped); "
+        "null: <run_dir>/trunk_cache, removed when the run ends",
+        names_run=False,
     )
     compile: bool = setting(
         False, "torch.compile each ViT block (the first step pays the compilation; same outputs up to rounding)"

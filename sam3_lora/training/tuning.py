@@ -16,10 +16,13 @@ from torch import nn
 
 from sam3_lora.core.schema import HYDRA_KEYS, problems
 from sam3_lora.lora import LoraConfig, LoraConfigError, inject_lora, save_adapter
+from sam3_lora.lora.config import PARTS
+from sam3_lora.lora.targets import plan_targets
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
 from sam3_lora.runs import layout
 
 log = logging.getLogger(__name__)
+TRUNK = PARTS["vision"]  # the image trunk's module prefix
 
 
 @dataclass
@@ -48,6 +51,11 @@ class LoraTuning:
         """What results.json and the hyper-parameter views record of the tuning."""
         return {"label": self.label, "config": self.config.to_dict()}
 
+    def adapts_trunk(self, model: nn.Module) -> bool:
+        """Whether training changes the image trunk (an adapter or a module_to_save in it)."""
+        plan = plan_targets(model, self.config)
+        return any(name.startswith(TRUNK) for name in (*plan.linear, *plan.attention, *plan.modules_to_save))
+
 
 @dataclass
 class FullFineTuning:
@@ -71,6 +79,9 @@ class FullFineTuning:
 
     def record(self) -> Dict[str, Any]:
         return {"label": self.label, "config": None}
+
+    def adapts_trunk(self, model: nn.Module) -> bool:
+        return True
 
 
 Tuning = Union[LoraTuning, FullFineTuning]
