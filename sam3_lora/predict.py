@@ -29,14 +29,13 @@ from pycocotools import mask as mask_util
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
+from sam3_lora.data.image_files import IMAGE_SUFFIXES, is_image_file
 from sam3_lora.data.sam3_dataset import build_transforms, collate
 from sam3_lora.evaluation.detections import predict
 from sam3_lora.pipeline.settings import run_command
 from sam3_lora.pipeline.tuned import load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.predict")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class PredictError(UserError, ValueError):
@@ -62,7 +61,7 @@ def collect_images(spec: str) -> Tuple[List[Path], List[Skipped]]:
     entries = sorted(path.iterdir()) if path.is_dir() else sorted(Path(p) for p in glob.glob(spec, recursive=True))
     found, skipped = [], []
     for p in entries:
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(p):
             found.append(p)
         else:
             skipped.append(Skipped(p, "a folder" if p.is_dir() else "not an image file"))

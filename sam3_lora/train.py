@@ -1,19 +1,21 @@
 """``python -m sam3_lora.train``: fine-tune SAM3 with LoRA (or every weight), as composed by Hydra.
 
 A run, top to bottom (:func:`train`): check the settings; find the checkpoint it continues; prepare
-the data; build the base model; score the frozen base on the held-out splits; apply the tuning;
-prepare the model for training; build the trainer; fit; score the best tuned model; write the
-results. Each step is one call into the library (``sam3_lora/pipeline/``, ``data/``, ``training/``).
+the data (and distillation's anchor images, checked against every scored split); build the base
+model; put the trunk cache in front of a trunk that will stay frozen; score the frozen base on the
+held-out splits; apply the tuning; prepare the model for training; build the distillation term and
+the trainer; fit; score the best tuned model (at each adapter scale asked for); write the results. Each step is one call into the library (``sam3_lora/pipeline/``, ``data/``, ``training/``).
 Everything lands in the run directory (``outputs/<date>/<time>`` by default).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import hydra
 import torch
@@ -28,7 +30,9 @@ from sam3_lora.core.errors import exit_on_user_error
 from sam3_lora.data.prepare import PreparedDataset, prepare_dataset
 from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.evaluation.saco import THRESHOLD_KEY
-from sam3_lora.lora import count_trainable, parameter_summary
+from sam3_lora.lora import count_trainable, lora_modules, parameter_summary
+from sam3_lora.pipeline import tradeoff
+from sam3_lora.pipeline.preservation import build_distillation, prepare_anchors
 from sam3_lora.pipeline.readiness import own_run_directory, require_ready
 from sam3_lora.pipeline.results import results_table, run_results, write_results
 from sam3_lora.pipeline.scoring import score_base, score_tuned, scored_datasets
@@ -40,6 +44,7 @@ from sam3_lora.speed.trunk_cache import TrunkFeatureCache, install_trunk_cache, 
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.config import TrainerConfig
+from sam3_lora.training.distill import Distillation
 from sam3_lora.training.distributed import DistInfo
 from sam3_lora.training.loss import build_sam3_loss
 from sam3_lora.training.trainer import Trainer
@@ -76,6 +81,7 @@ def train(
     resume = continued_checkpoint(s.trainer, record, run_dir, info)
     seed_everything(s.seed, s.trainer.deterministic)
     target, retention = prepare_data(s, run_dir, info)
+    anchors = prepare_anchors(s.preserve, target, retention, run_dir, info)
     model = instantiate(s.config.model)
     trunk_cache = cache_trunk(model, s, run_dir)
     device = training_device(s.trainer, info)
@@ -86,23 +92,22 @@ def train(
     s.tuning.apply(model)
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
     prepare_model(model, s.trainer, device)
-    trainer = build_trainer(s, model, target, run_dir, run_name, sweep_group, info, resume, device, record, lock)
-    log.info(
-        "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
-        effective_batch(s, info),
-        s.trainer.batch_size,
-        s.trainer.grad_accum,
-        info.world_size,
-        s.config.optimizer.lr,
-        trainer.total_steps,
+    preserve = build_distillation(
+        s.preserve, anchors, model, s.tuning, model.image_size, s.trainer.num_workers, s.seed, info
     )
+    trainer = build_trainer(
+        s, model, target, run_dir, run_name, sweep_group, info, resume, device, record, lock, preserve
+    )
+    log_schedule(s, info, trainer.total_steps)
     fit = trainer.fit()
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
     best = ckpt.restore_best(model, run_dir)  # the best validation's weights, and its threshold
     scores = score_tuned(scored, model, device, trainer.autocast(), (best or {}).get(THRESHOLD_KEY))
-    facts = dict(world_size=info.world_size, overrides=run_name, seed=s.seed)
+    curve = scale_curve(s, model, target, retention, device, loader_settings)
+    facts = dict(world_size=info.world_size, overrides=run_name, seed=s.seed, adapter_scales=curve)
     facts["trunk_cache"] = trunk_cache.stats() if trunk_cache is not None else None
+    facts["preserve"] = dataclasses.asdict(s.preserve) if s.preserve is not None else None
     results = run_results(s.tuning, scores, fit, target, count_trainable(model), **facts)
     write_results(results, run_dir, trainer.loggers, trainer.step, s.config.optimizer.lr, effective_batch(s, info))
     trainer.loggers.finish()
@@ -161,6 +166,18 @@ def cache_trunk(model, s: RunSettings, run_dir: Path) -> Optional[TrunkFeatureCa
     return install_trunk_cache(model, t.trunk_cache_memory_gb, disk)
 
 
+def scale_curve(s: RunSettings, model, target, retention, device, loader_settings) -> Optional[List[Dict]]:
+    """``final_eval.adapter_scales``: the best model at each adapter scale on both held-out splits."""
+    scales = s.final_eval.adapter_scales
+    if not scales:
+        return None
+    if retention is None or not any(True for _ in lora_modules(model)):
+        log.info("final_eval.adapter_scales: skipped (it needs LoRA adapters and a retention dataset)")
+        return None
+    curve = tradeoff.scan(model, target, retention, [*scales, 1.0], 0.0, device, loader_settings)
+    return [{"scale": p.scale, "target": p.target, "retention": p.retention} for p in curve.points]
+
+
 def training_device(t: TrainerConfig, info: DistInfo) -> torch.device:
     """``trainer.device``; under DDP on GPUs, this process's own GPU."""
     device = resolve_device(t.device)
@@ -210,8 +227,10 @@ def build_trainer(
     device: torch.device,
     record: Dict,
     lock: Optional[RunDirectoryLock],
+    preserve: Optional[Distillation],
 ) -> Trainer:
-    """The loop over the target's training split, validating on its valid split."""
+    """The loop over the target's training split, validating on its valid split (and, with ``preserve``,
+    distilling the base's answers on anchor images)."""
     t, size = s.trainer, model.image_size
     loggers = instantiate(s.config.logger, _convert_="all")
     trainer = Trainer(
@@ -239,8 +258,21 @@ def build_trainer(
         run_record=ckpt.run_record(run_dir, record),
         resume_from=resume,
         lock=lock,
+        preserve=preserve,
     )
     return trainer
+
+
+def log_schedule(s: RunSettings, info: DistInfo, total_steps: int) -> None:
+    log.info(
+        "effective batch %d (batch_size %d x grad_accum %d x %d process(es)), lr %g, %d optimizer steps",
+        effective_batch(s, info),
+        s.trainer.batch_size,
+        s.trainer.grad_accum,
+        info.world_size,
+        s.config.optimizer.lr,
+        total_steps,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -13,6 +13,7 @@ from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.data.config import DatasetConfig, Split
 from sam3_lora.lora import LoraConfig
 from sam3_lora.pipeline.settings import compose
+from sam3_lora.training.distill import DistillConfig
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
@@ -42,6 +43,7 @@ def test_groups_have_the_expected_options():
     assert GROUPS["optimizer"] == ["adamw", "sgd"]
     assert GROUPS["scheduler"] == ["constant", "step", "warmup_cosine"]
     assert GROUPS["logger"] == ["all", "none", "tensorboard", "wandb"]
+    assert GROUPS["preserve"] == ["distill", "none", "toy_anchors", "toy_target_anchors"]
 
 
 @pytest.mark.parametrize("lora", GROUPS["lora"])
@@ -53,15 +55,23 @@ def test_every_lora_preset_instantiates(lora):
         assert isinstance(instantiate(cfg.lora, _convert_="all"), LoraConfig)
 
 
-INSTANTIATED_GROUPS = ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger")
+INSTANTIATED_GROUPS = ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger", "preserve")
 
 
 @pytest.mark.parametrize("group", INSTANTIATED_GROUPS)
 def test_every_option_of_an_instantiated_group_names_its_target(group):
-    # lora=none is the one option that builds nothing (full fine-tuning)
+    # lora=none (full fine-tuning) and preserve=none (no distillation) build nothing
     for option in GROUPS[group]:
         node = _compose([f"{group}={option}"])[group]
-        assert (not node and (group, option) == ("lora", "none")) or "_target_" in node, (group, option)
+        assert (not node and option == "none" and group in ("lora", "preserve")) or "_target_" in node, (group, option)
+
+
+@pytest.mark.parametrize("preserve", [p for p in GROUPS["preserve"] if p != "none"])
+def test_every_preserve_option_instantiates_typed_settings(preserve):
+    given = ["preserve.images=/data/anchors", "preserve.vocabulary=[dog, car]"] if preserve == "distill" else []
+    built = instantiate(_compose([f"preserve={preserve}", *given]).preserve)
+    assert isinstance(built, DistillConfig) and built.weight > 0 and built.vocabulary
+    assert (built.generate is not None) == (preserve == "toy_anchors")
 
 
 @pytest.mark.parametrize("dataset", GROUPS["dataset"])

@@ -10,6 +10,7 @@ from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data import toy
 from sam3_lora.evaluation.saco import METRIC_KEYS
 from sam3_lora.pipeline.settings import ConfigError, check_settings
+from sam3_lora.runs.sweep_report import read_run
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,28 @@ def retention_run(toy_root, source_root, tmp_path_factory):
         f"retention.root={source_root}",
         "logger=tensorboard",
         "final_eval.compare_base=true",
+        "final_eval.adapter_scales=[0.5]",
     )
     return run_dir, train_in_process(overrides, run_dir)
+
+
+def test_the_adapter_scale_curve_runs_from_the_base_to_the_tuned_model(retention_run):
+    run_dir, summary = retention_run
+    curve = {p["scale"]: p for p in summary["adapter_scales"]}
+    assert sorted(curve) == [0.0, 0.5, 1.0]
+    kept, base = summary["retention"], summary["results"]["base"]
+    for key in ("bbox/AP", "segm/AP"):  # scale 0 is the frozen base, scale 1 the model as trained
+        assert curve[0.0]["target"][key] == pytest.approx(base[key], abs=1e-9)
+        assert curve[0.0]["retention"][key] == pytest.approx(kept["base"][key], abs=1e-9)
+        assert curve[1.0]["retention"][key] == pytest.approx(kept["tuned"][key], abs=1e-9)
+        assert curve[1.0]["target"][key] == pytest.approx(summary["results"]["lora"][key], abs=1e-9)
+    assert set(kept["valid"]) == {"base", "tuned"} and "segm/AP" in kept["valid"]["tuned"]  # for choices on valid
+    report_run = read_run(run_dir / "results.json")
+    assert sorted(report_run.curve) == [0.0, 0.5, 1.0]
+    assert report_run.curve[0.0]["source_change_segm_AP"] == pytest.approx(0.0, abs=1e-9)
+    assert report_run.values["valid_source_change_segm_AP"] == pytest.approx(
+        kept["valid"]["tuned"]["segm/AP"] - kept["valid"]["base"]["segm/AP"]
+    )
 
 
 def test_retention_scores_base_and_tuned_and_their_change(retention_run):
@@ -84,7 +105,14 @@ def test_retention_section_is_checked_like_a_dataset():
 
 @pytest.mark.parametrize(
     "tuning,lora,lr",
-    [("lora_minimal", "q_proj", 3e-3), ("lora_balanced", "linear1", 3e-3), ("lora_full", "all", 3e-3)],
+    [
+        ("lora_minimal", "q_proj", 3e-3),
+        ("lora_balanced", "linear1", 3e-3),
+        ("lora_full", "all", 3e-3),
+        ("lora_heads", "all", 3e-3),
+        ("lora_balanced_lr3e-4", "linear1", 3e-4),
+        ("lora_balanced_distill", "linear1", 3e-3),
+    ],
 )
 def test_tuning_options_set_the_preset_and_its_learning_rate(tuning, lora, lr):
     cfg = compose_train(["experiment=quickstart", f"tuning={tuning}"])
@@ -98,7 +126,7 @@ def test_full_finetune_trains_every_weight_at_a_lower_rate():
     assert not cfg.lora and cfg.optimizer.lr == pytest.approx(3e-4)
 
 
-def test_forgetting_experiment_sweeps_four_setups_times_three_seeds():
+def test_forgetting_experiment_sweeps_ten_setups_times_three_seeds():
     from hydra import compose, initialize_config_dir
 
     from sam3_lora.core.conf import CONF_DIR
@@ -106,7 +134,11 @@ def test_forgetting_experiment_sweeps_four_setups_times_three_seeds():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=forgetting"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.tuning.split(",") == ["lora_minimal", "lora_balanced", "lora_full", "full_finetune"]
+    assert params.tuning.split(",") == [
+        *("lora_minimal", "lora_balanced", "lora_full", "lora_heads", "full_finetune"),
+        *("lora_balanced_lr3e-4", "full_finetune_lr3e-3"),  # step size apart from parameter count
+        *("lora_balanced_distill", "lora_balanced_distill_target", "full_finetune_distill"),
+    ]
     assert params.seed.split(",") == ["0", "1", "2"]
     assert cfg.hydra.callbacks.sweep_report._target_.endswith("WriteSweepReport")
     assert cfg.retention.generate.domain == "base" and cfg.dataset.generate.domain == "shifted"

@@ -131,3 +131,35 @@ def test_report_command_names_an_empty_sweep(tmp_path):
         collect(tmp_path)
     res = subprocess.run([sys.executable, "-m", "sam3_lora.report", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0 and "no finished run" in res.stderr
+
+
+def test_a_distilled_setup_is_compared_with_its_plain_one_and_its_scale_curve_drawn(sweep):
+    base, src = _metrics(0.10, 0.20, 0.05), _metrics(0.60, 0.70, 0.50)
+    # Distilled LoRA: target segm AP 0.44 = 0.80x plain's 0.55; source segm AP 0.69 (change -0.01 vs -0.03).
+    _write_run(
+        sweep, "d", "seed=0,tuning=lora_distill", 0, base, _metrics(0.3, 0.44), src, _metrics(0.6, 0.69), 1000, 0.2
+    )
+    results = json.loads((sweep / "a" / "results.json").read_text())
+    results["adapter_scales"] = [
+        {
+            "scale": s,
+            "target": _metrics(0.1 + 0.3 * s, 0.2 + 0.3 * s),
+            "retention": _metrics(0.6 - 0.02 * s, 0.7 - 0.02 * s),
+        }
+        for s in (0.0, 0.5, 1.0)
+    ]
+    (sweep / "a" / "results.json").write_text(json.dumps(results))
+    rows = {r.setup: r for r in aggregate(collect(sweep))}
+    assert rows["tuning=lora"].curve == {}  # seed 1 has no curve: only scales every seed has are drawn
+    md = write_report(sweep).read_text()
+    assert (
+        "- tuning=lora_distill against tuning=lora: target segm AP 0.440 = 0.80x plain's; source segm AP change -0.010 vs -0.030"
+        in md
+    )
+    (sweep / "b" / "results.json").unlink()
+    rows = {r.setup: r for r in aggregate(collect(sweep))}
+    assert rows["tuning=lora"].curve[0.5] == pytest.approx(
+        {"target_bbox_AP": 0.25, "target_segm_AP": 0.35, "source_change_bbox_AP": -0.01, "source_change_segm_AP": -0.01}
+    )
+    write_report(sweep)
+    assert (sweep / "sweep_report.png").stat().st_size > 0

@@ -13,7 +13,8 @@ On the same model, batch and machine it measures
 * data-loader images/s at the trainer's default worker count against the images/s a
   LoRA training step consumes;
 * the cached trunk: LoRA heads with and without it against LoRA balanced, epochs after the
-  first, and the validation forward with and without it.
+  first, and the validation forward with and without it;
+* distillation from the base: a step on b labelled + b anchor images against one on 2b labelled.
 Each training setup runs in a fresh process, so memory peaks do not mix. Prints a
 Markdown table and writes JSON (--json).
 """
@@ -428,6 +429,75 @@ def trunk_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps:
     }
 
 
+def distill_ab(model_name: str, device, batch_size: int, warmup: int, steps: int, data_root: Path) -> dict:
+    """Distillation's step-time cost at equal images per step, in one process: LoRA balanced on 2 x batch
+    labelled images against LoRA balanced on batch labelled images + batch anchor images distilled from the
+    base (adapters off), steps interleaved round by round."""
+    import tempfile
+
+    from sam3.model.utils.misc import copy_data_to_device
+
+    from sam3_lora.data import toy
+    from sam3_lora.data.anchors import anchor_images, write_anchor_split
+    from sam3_lora.data.sam3_dataset import build_dataset, build_loader
+    from sam3_lora.lora import inject_lora, lora_parameters
+    from sam3_lora.speed.text_cache import install_text_cache
+    from sam3_lora.training.distill import Distillation, DistillConfig, Teacher
+    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+
+    model = build(model_name).to(device).train()
+    inject_lora(model, lora_config("balanced"))
+    install_text_cache(model)
+    loss_fn = build_sam3_loss(model.transformer.decoder.num_queries)
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
+    move = (lambda b: copy_data_to_device(b, device)) if device.type == "cuda" else (lambda b: b)  # noqa: E731
+    wide = [move(b) for b in batches(model, toy_split(data_root), 2 * batch_size, 2)]
+    narrow = [move(b) for b in batches(model, toy_split(data_root), batch_size, 2)]
+    anchors_root = toy.ensure(
+        data_root.parent / "bench_anchors", "base", seed=2, splits={"train": 16, "valid": 0, "test": 0}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        records, folder = anchor_images(str(anchors_root / "train"))
+        split = write_anchor_split(records, folder, ["circle", "square", "triangle"], Path(tmp))
+        config = DistillConfig(images=str(folder), vocabulary=["circle", "square", "triangle"], anchor_batch=batch_size)
+        loader = build_loader(
+            build_dataset(split, model.image_size, training=True, num_hard_negatives=4, hflip=0.0), batch_size, True
+        )
+        distill = Distillation(config, Teacher(model, frozen_copy=False), loader)
+        amp = _autocast(device)
+
+        def step(batch, with_anchors: bool) -> float:
+            _sync(device)
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = core_loss(compute_loss(model, loss_fn, batch))
+            loss.backward()
+            if with_anchors:
+                with amp:
+                    kept = distill.loss(model, model, move)["loss_distill"]
+                kept.backward()
+            opt.step()
+            _sync(device)
+            return time.perf_counter() - t
+
+        times = {"plain": [], "distill": []}
+        for i in range(warmup + steps):
+            for j in range(2):
+                plain, distilled = step(wide[j], False), step(narrow[j], True)
+                if i >= warmup:
+                    times["plain"].append(plain)
+                    times["distill"].append(distilled)
+    m = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "plain_step_s": m["plain"],
+        "distill_step_s": m["distill"],
+        "ratio": m["distill"] / m["plain"],
+        "images_per_step": 2 * batch_size,
+        "steps": 2 * steps,
+    }
+
+
 def dataloader_rate(model_name: str, batch_size: int, num_workers: int, data_root: Path, batches_n: int = 24) -> float:
     from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 
@@ -584,6 +654,8 @@ def main() -> None:
         results["text_cache"] = text_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
     results["trunk_cache"] = trunk_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
     if args.suite != "trunk":
+        results["distill"] = distill_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
+    if args.suite != "trunk":
         infer_batch = args.inference_batch or args.batch
         results["inference"] = inference(args.model, device, infer_batch, args.warmup, args.steps, Path(args.data))
         results["inference_batch"] = infer_batch
@@ -658,6 +730,13 @@ def report(r: dict) -> str:
             f"{tc['encoder_stock_s'] * 1000:.1f} ms stock, {tc['encoder_cached_s'] * 1000:.2f} ms cached"
         )
     lines += trunk_cache_summary(r.get("trunk_cache"))
+    d = r.get("distill")
+    if d:
+        lines.append(
+            f"- distillation, interleaved in one process over {d['steps']} steps each, {d['images_per_step']} images "
+            f"per step: LoRA balanced + distillation (half labelled, half anchors) / LoRA balanced "
+            f"**{d['ratio']:.2f}x** (target <= 1.5); {d['distill_step_s'] * 1000:.0f} ms vs {d['plain_step_s'] * 1000:.0f} ms"
+        )
     if OURS_LINEAR in t:
         ours = t[OURS_LINEAR]["step_s"]
         lines.append(

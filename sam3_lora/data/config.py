@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import HYDRA_KEYS, REQUIRED, Valid, at_least, is_int, number_in, one_of, problems, setting
+from sam3_lora.data.prompt_lists import is_prompt_list, read_prompt_list
 
 SPLIT_NAMES = ("train", "valid", "test")
 TOY_DOMAINS = ("base", "shifted")  # sam3_lora/data/toy.py
@@ -98,6 +99,12 @@ class DatasetConfig:
         "(-1: every absent category, as upstream; 0: none)",
         at_least(-1),
     )
+    negative_prompts: Any = setting(
+        None,
+        "prompts from beyond the dataset (a list, or a text file with one name a line) asked of every training "
+        "image as hard negatives: they join the absent categories num_hard_negatives draws from",
+        Valid(is_prompt_list, "a list of names or the path of a text file"),
+    )
     max_ann_per_img: int = setting(200, "objects per prompt kept for training", at_least(1))
     augment: Augment = setting(doc="training augmentation", factory=Augment)
     eval_category_chunk: Optional[int] = setting(
@@ -130,6 +137,9 @@ class DatasetConfig:
 
             g = self.generate
             toy.ensure(self.root, domain=g.domain, seed=g.seed, size=g.size, splits=dict(g.splits))
+
+    def negative_prompt_names(self) -> List[str]:
+        return read_prompt_list(self.negative_prompts, "dataset.negative_prompts")
 
     def split(self, name: str) -> Optional[Split]:
         """The split called ``name`` when it is configured, else None."""

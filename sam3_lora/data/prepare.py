@@ -83,6 +83,7 @@ class PreparedDataset:
             max_ann_per_img=c.max_ann_per_img,
             hflip=c.augment.hflip,
             scale_min=c.augment.scale_min,
+            negative_prompts=c.negative_prompt_names(),
         )
         return build_loader(ds, batch_size, True, num_workers, seed=seed, world_size=world_size, rank=rank)
 

@@ -18,7 +18,7 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from PIL import Image
 from sam3.train.data.coco_json_loaders import COCO_FROM_JSON
@@ -47,19 +47,39 @@ class ImageLoadError(UserError, RuntimeError):
         super().__init__(message)
 
 
+# A query with nothing to find, in the fields sam3's COCO loader gives each query.
+NEGATIVE_QUERY = {
+    "query_processing_order": 0,
+    "ptr_x_query_id": None,
+    "ptr_y_query_id": None,
+    "image_id": 0,
+    "input_box": None,
+    "input_box_label": None,
+    "input_points": None,
+    "is_exhaustive": True,
+}
+
+
 class HardNegativeCocoLoader(COCO_FROM_JSON):
     """sam3's COCO loader, keeping all positive queries and a random few negatives.
 
-    ``num_hard_negatives < 0`` keeps every absent category as a negative (upstream's
-    behaviour); ``0`` keeps none.
+    Negatives are the dataset's categories absent from the image plus ``negative_prompts`` (names
+    from beyond the dataset, never in any image). ``num_hard_negatives < 0`` keeps every negative
+    (upstream's behaviour for the categories); ``0`` keeps none.
     """
 
-    def __init__(self, annotation_file, num_hard_negatives: int = -1, **kwargs):
+    def __init__(self, annotation_file, num_hard_negatives: int = -1, negative_prompts: Sequence[str] = (), **kwargs):
         super().__init__(annotation_file, include_negatives=num_hard_negatives != 0, **kwargs)
         self.num_hard_negatives = num_hard_negatives
+        known = {name.casefold() for name in self._cat_idx_to_text.values()}
+        self.negative_prompts = [n for n in negative_prompts if n.casefold() not in known]
 
     def loadQueriesAndAnnotationsFromDatapoint(self, idx):
         queries, annotations = super().loadQueriesAndAnnotationsFromDatapoint(idx)
+        if self.include_negatives:
+            for i, name in enumerate(self.negative_prompts):  # ids below 0: no category of the dataset
+                extra = {"id": len(queries), "original_cat_id": -1 - i, "query_text": name, "object_ids_output": []}
+                queries.append({**NEGATIVE_QUERY, **extra})
         if self.num_hard_negatives < 0:
             return queries, annotations
         positives = [q for q in queries if q["object_ids_output"]]
@@ -195,10 +215,13 @@ def build_dataset(
     hflip: float = 0.5,
     scale_min: float = 1.0,
     category_chunk_size: Optional[int] = None,
+    negative_prompts: Sequence[str] = (),
 ) -> Dataset:
     """A ``StrictImageDataset`` (sam3's ``Sam3ImageDataset``, every image exactly once) over one split."""
     if training:
-        loader = functools.partial(HardNegativeCocoLoader, num_hard_negatives=num_hard_negatives)
+        loader = functools.partial(
+            HardNegativeCocoLoader, num_hard_negatives=num_hard_negatives, negative_prompts=negative_prompts
+        )
     else:
         loader = functools.partial(COCO_FROM_JSON, include_negatives=True, category_chunk_size=category_chunk_size)
     with contextlib.redirect_stdout(io.StringIO()):  # sam3 prints "Raw dataset length = N"

@@ -80,6 +80,7 @@ class HeldoutScore:
     score: SplitScore
     threshold_chosen_on: Optional[str]
     notes: List[str] = field(default_factory=list)
+    valid: Optional[Dict[str, float]] = None  # COCO AP on the valid split, where the threshold was chosen there
 
     @property
     def metrics(self) -> Dict[str, float]:
@@ -115,14 +116,15 @@ class HeldoutScorer:
 
     def threshold(
         self, model: nn.Module, device, autocast=None, given: Optional[float] = None, given_as: str = "as given"
-    ) -> Tuple[Optional[float], Optional[str], List[str]]:
-        """``(threshold, chosen_on, notes)``: ``given`` as it is (chosen_on None); None where the
-        scored split itself chooses it; else chosen on valid for ``model``."""
+    ) -> Tuple[Optional[float], Optional[str], List[str], Optional[Dict[str, float]]]:
+        """``(threshold, chosen_on, notes, valid)``: ``given`` as it is (chosen_on None); None where the
+        scored split itself chooses it; else chosen on valid for ``model``, whose COCO AP there is ``valid``
+        (from the same detections: what a choice between models may look at)."""
         split = self.split
         if given is not None:
-            return given, None, [f"SA-Co: score threshold {given:.2f} {given_as}, used on '{split}'"]
+            return given, None, [f"SA-Co: score threshold {given:.2f} {given_as}, used on '{split}'"], None
         if split == "valid":
-            return None, "valid", ["SA-Co: split 'valid': the score threshold is chosen on the split it scores"]
+            return None, "valid", ["SA-Co: split 'valid': the score threshold is chosen on the split it scores"], None
         valid = self.data.split("valid")
         if valid is None:
             return (
@@ -132,6 +134,7 @@ class HeldoutScorer:
                     f"SA-Co: no valid split: the score threshold was chosen on the '{split}' split itself, so "
                     "IL_MCC / pmF1 / cgF1 are optimistic (give a score threshold to fix one)"
                 ],
+                None,
             )
         detections = predict(
             model, self._loader("valid"), device, self.max_dets, autocast, base_for=self.base_for("valid")
@@ -140,15 +143,16 @@ class HeldoutScorer:
         images = self.data.num_images("valid")
         on = f"'valid' ({images} images)" if images is not None else "'valid'"
         notes = [f"SA-Co: score threshold chosen on {on} for this model, used on '{split}'"]
-        return chosen, "valid", notes + self.data.notes("valid", use="the score threshold chosen")
+        on_valid = coco_evaluate(valid.ann_file, detections)[0]
+        return chosen, "valid", notes + self.data.notes("valid", use="the score threshold chosen"), on_valid
 
     def score(
         self, model: nn.Module, device, autocast=None, given: Optional[float] = None, given_as: str = "as given"
     ) -> HeldoutScore:
         """``model`` on the held-out split at its threshold (see :meth:`threshold`)."""
-        threshold, chosen_on, threshold_notes = self.threshold(model, device, autocast, given, given_as)
+        threshold, chosen_on, threshold_notes, valid = self.threshold(model, device, autocast, given, given_as)
         split = self.data.require(self.split)
         loader, base_for = self._loader(self.split), self.base_for(self.split)
         score = score_split(model, loader, split.ann_file, device, self.max_dets, autocast, threshold, base_for)
         notes = self.data.notes(self.split) + score.notes + threshold_notes
-        return HeldoutScore(self.data.name, self.split, score, chosen_on, notes)
+        return HeldoutScore(self.data.name, self.split, score, chosen_on, notes, valid)

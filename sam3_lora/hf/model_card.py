@@ -61,6 +61,7 @@ class RunFacts:
     command: Optional[str] = None
     tuned_label: Optional[str] = None  # "lora" or "finetuned" (full fine-tuning), from results.json
     retention: Optional[dict] = None  # results.json's retention: {dataset, split, base, tuned, change}
+    preserve: Optional[dict] = None  # results.json's preserve: the distillation settings, when it distilled
 
     @classmethod
     def read(cls, run_dir) -> "RunFacts":
@@ -96,6 +97,7 @@ class RunFacts:
                 facts.lora = LoraConfig.from_dict(r.tuning["config"])
             facts.metrics = {k: v for k, v in (("base", r.base), ("tuned", r.tuned)) if v}
             facts.retention = r.retention
+            facts.preserve = r.preserve
         return facts
 
 
@@ -152,6 +154,8 @@ class ModelCard:
             else _lora_lines(f.lora, f.trainable_parameters)
         )
         lines += ["## LoRA", "", *lora, ""]
+        if f.preserve and not self.base_only:
+            lines += ["### Distillation from the base", "", _preserve_line(f.preserve), ""]
         lines += ["## Results", "", *_metric_lines(f.metrics, f.heldout_split), ""]
         if f.retention and not self.base_only:
             lines += ["### What tuning kept", "", *_retention_lines(f.retention), ""]
@@ -202,6 +206,15 @@ def _lora_lines(cfg: Optional[LoraConfig], trainable: Optional[int]) -> List[str
         ("trainable parameters", f"{trainable:,}" if trainable is not None else "not recorded"),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _preserve_line(p: Mapping) -> str:
+    vocabulary = p["vocabulary"] if isinstance(p["vocabulary"], str) else ", ".join(p["vocabulary"])
+    return (
+        f"Each step also matched the frozen base's answers (the model with its adapters off, or a frozen copy) on "
+        f"{p['anchor_batch']} unlabelled anchor images from `{p['images']}`, asked about: {vocabulary}; "
+        f"weight {p['weight']:g} (sam3_lora/training/distill.py)."
+    )
 
 
 def _metric_lines(metrics: Mapping[str, Mapping[str, float]], split: Optional[str]) -> List[str]:

@@ -67,7 +67,10 @@ def _notes(scores: Dict[str, Scores], tuning: Tuning) -> List[str]:
 
 
 def _retention(s: Scores) -> Dict:
-    return {"dataset": s.dataset, "split": s.split, "base": s.base, "tuned": s.tuned, "change": s.change()}
+    found = {"dataset": s.dataset, "split": s.split, "base": s.base, "tuned": s.tuned, "change": s.change()}
+    if s.base_valid and s.tuned_valid:  # for choices made on valid splits (never on the held-out split)
+        found["valid"] = {"base": s.base_valid, "tuned": s.tuned_valid}
+    return found
 
 
 def write_results(results: RunResults, run_dir: Path, loggers, step: int, lr: float, batch: int) -> None:

@@ -34,6 +34,8 @@ class Scores:
     tuned: Optional[Dict[str, float]] = None
     base_notes: Optional[List[str]] = None
     tuned_notes: Optional[List[str]] = None
+    base_valid: Optional[Dict[str, float]] = None  # COCO AP on the valid split (where the threshold was chosen)
+    tuned_valid: Optional[Dict[str, float]] = None
 
     def change(self) -> Dict[str, float]:
         """tuned - base (negative = lost); a stat COCOeval could not score (-1) has no change."""
@@ -91,7 +93,7 @@ def score_base(entries: List[ScoredDataset], model: nn.Module, device: torch.dev
             scores = entry.read()
             if entry.scores_base and scores.base is None:
                 scored = entry.scorer.score(model.to(device), device)
-                scores.base, scores.base_notes = scored.metrics, scored.notes
+                scores.base, scores.base_notes, scores.base_valid = scored.metrics, scored.notes, scored.valid
                 entry.write(scores)
             found[entry.role] = scores
     return found
@@ -107,7 +109,7 @@ def score_tuned(
         given = recorded_threshold if entry.role == TARGET else None
         scored: HeldoutScore = entry.scorer.score(model, device, autocast, given=given, given_as=RECORDED)
         scores = entry.read()
-        scores.tuned, scores.tuned_notes = scored.metrics, scored.notes
+        scores.tuned, scores.tuned_notes, scores.tuned_valid = scored.metrics, scored.notes, scored.valid
         entry.write(scores)
         found[entry.role] = scores
     return found

@@ -24,12 +24,14 @@ from omegaconf.errors import OmegaConfBaseException
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_amp, resolve_device
 from sam3_lora.core.errors import UserError
-from sam3_lora.core.schema import one_of, problems, run_name_exclusions, setting, with_target
+from sam3_lora.core.schema import Valid, one_of, problems, run_name_exclusions, setting, with_target
 from sam3_lora.data.config import DatasetConfig
+from sam3_lora.data.prompt_lists import PromptListError, read_prompt_list
 from sam3_lora.lora import LoraConfig, LoraConfigError
 from sam3_lora.models.config import ModelSettings
 from sam3_lora.pipeline.toy_base import ToyBaseSettings
 from sam3_lora.training.config import TrainerConfig
+from sam3_lora.training.distill import DistillConfig
 from sam3_lora.training.loggers import LoggerSettings
 from sam3_lora.training.optim import AdamWSettings, ConstantSettings, SGDSettings, StepSettings, WarmupCosineSettings
 from sam3_lora.training.tuning import Tuning, tuning_from
@@ -47,6 +49,13 @@ class FinalEval:
         one_of("train", "valid", "test"),
     )
     compare_base: bool = setting(True, "score the frozen base on it too, before training")
+    adapter_scales: List[float] = setting(
+        doc="LoRA with a retention dataset: also score the best model with its adapter scaled to each of these "
+        "(and 0, the base; 1, as trained) on both held-out splits: the trade-off curve of sam3_lora.tradeoff, "
+        "in results.json's adapter_scales",
+        valid=Valid(lambda v: all(0 <= x <= 1 for x in v), "scales in [0, 1]"),
+        factory=list,
+    )
 
 
 @dataclass
@@ -59,6 +68,7 @@ class TrainSchema:
     lora: Any = setting(None, "the lora group (lora=none, empty: full fine-tuning)")
     dataset: Any = setting(None, "the dataset group")
     retention: Any = setting(None, "the retention group: a second dataset scored before and after tuning")
+    preserve: Any = setting(None, "the preserve group: distillation from the frozen base (preserve=none: off)")
     optimizer: Any = setting(None, "the optimizer group")
     scheduler: Any = setting(None, "the scheduler group")
     trainer: Any = setting(None, "the trainer group")
@@ -72,6 +82,7 @@ SCHEMAS = {
     "toy_base_model_schema": ToyBaseSettings,
     "lora_schema": with_target(LoraConfig),
     "dataset_schema": with_target(DatasetConfig),
+    "distill_schema": with_target(DistillConfig),
     "trainer_schema": with_target(TrainerConfig),
     "adamw_schema": AdamWSettings,
     "sgd_schema": SGDSettings,
@@ -83,8 +94,19 @@ SCHEMAS = {
 MODEL_SCHEMAS = (ModelSettings, ToyBaseSettings)
 # The sections checked against their schema (the lora group is the tuning strategy's to read:
 # training/tuning.py), and the order problems are listed in.
-CHECKED = ("trainer", "optimizer", "scheduler", "final_eval", "dataset", "retention", "model", "logger")
-ORDER = ("trainer", "optimizer", "scheduler", "final_eval", "lora", "dataset", "retention", "model", "logger")
+CHECKED = ("trainer", "optimizer", "scheduler", "final_eval", "dataset", "retention", "preserve", "model", "logger")
+ORDER = (
+    "trainer",
+    "optimizer",
+    "scheduler",
+    "final_eval",
+    "lora",
+    "dataset",
+    "retention",
+    "preserve",
+    "model",
+    "logger",
+)
 # Groups that never name a sweep point's directory: how and where it ran, not what it trained.
 UNNAMED_GROUPS = ("experiment", "launcher", "logger")
 
@@ -106,6 +128,7 @@ def keys_not_in_run_names() -> List[str]:
         ("trainer", (TrainerConfig,)),
         ("dataset", (DatasetConfig,)),
         ("retention", (DatasetConfig,)),
+        ("preserve", (DistillConfig,)),
         ("model", MODEL_SCHEMAS),
     ):
         for schema in schemas:
@@ -188,6 +211,7 @@ class RunSettings:
     trainer: TrainerConfig
     dataset: DatasetConfig
     retention: Optional[DatasetConfig]
+    preserve: Optional[DistillConfig]
     tuning: Tuning
     final_eval: FinalEval
 
@@ -221,7 +245,12 @@ def check_settings(cfg: DictConfig) -> RunSettings:
     found += [] if found else _relation_problems(values)
     built = {}
     if not found:
-        for key, kind in (("trainer", TrainerConfig), ("dataset", DatasetConfig), ("retention", DatasetConfig)):
+        for key, kind in (
+            ("trainer", TrainerConfig),
+            ("dataset", DatasetConfig),
+            ("retention", DatasetConfig),
+            ("preserve", DistillConfig),
+        ):
             built[key] = _build(cfg.get(key), key, kind, found)
     if found:
         raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(found))
@@ -231,6 +260,7 @@ def check_settings(cfg: DictConfig) -> RunSettings:
         trainer=built["trainer"],
         dataset=built["dataset"],
         retention=built["retention"],
+        preserve=built["preserve"],
         tuning=tuning,
         final_eval=FinalEval(**values["final_eval"]),
     )
@@ -263,7 +293,7 @@ def _section_problems(cfg: DictConfig, values: dict, key: str) -> List[str]:
 def _relation_problems(values: dict) -> List[str]:
     """Settings valid alone that do not work together, or not on this machine."""
     trainer = values.get("trainer") or {}
-    found: List[str] = []
+    found: List[str] = _prompt_list_problems(values)
     device = resolve_device(trainer.get("device", "auto"))
     if device.type == "cuda" and not _cuda_available():
         found.append(
@@ -279,6 +309,26 @@ def _relation_problems(values: dict) -> List[str]:
                 f"trainer.base_dtype='bf16': needs bf16 autocast, but trainer.amp={trainer.get('amp')} gives "
                 f"{amp or 'fp32'} on {device}: set trainer.amp=bf16 (auto is bf16 on CUDA), or trainer.base_dtype=null"
             )
+    return found
+
+
+def _prompt_list_problems(values: dict) -> List[str]:
+    """Lists of prompts given as files that cannot be read, and hard negatives that would never be asked."""
+    found = []
+    dataset, preserve = values.get("dataset") or {}, values.get("preserve") or {}
+    for key, value in (
+        ("dataset.negative_prompts", dataset.get("negative_prompts")),
+        ("preserve.vocabulary", preserve.get("vocabulary")),
+    ):
+        try:
+            read_prompt_list(value, key)
+        except PromptListError as e:
+            found.append(str(e))
+    if dataset.get("negative_prompts") and dataset.get("num_hard_negatives") == 0:
+        found.append(
+            "dataset.negative_prompts: never asked with dataset.num_hard_negatives=0 (no negatives); set it to -1 (every "
+            "negative) or a count drawn from the absent categories and these prompts"
+        )
     return found
 
 

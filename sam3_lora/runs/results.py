@@ -72,6 +72,9 @@ class RunResults:
     notes: List[str] = field(default_factory=list)
     retention: Optional[Dict[str, Any]] = None  # {"dataset", "split", "base", "tuned", "change"}
     trunk_cache: Optional[Dict[str, int]] = None  # the trunk feature cache's hits and misses, when it ran
+    preserve: Optional[Dict[str, Any]] = None  # preserve=distill's settings, when the run distilled
+    # final_eval.adapter_scales: per scale {"scale", "target": held-out metrics, "retention": held-out metrics}
+    adapter_scales: Optional[List[Dict[str, Any]]] = None
 
     @property
     def tuned_label(self) -> Optional[str]:

@@ -48,7 +48,10 @@ SOURCE = (
     ("source_change_segm_AP", "segm/AP"),
     ("source_change_segm_cgF1", "segm/cgF1"),
 )
-FIGURES = tuple(c for c, _ in TARGET + SOURCE) + ("trainable_parameters", "step_time_s")
+# Figures on valid splits, what a choice between setups (a weight, a learning rate) may look at: the
+# target's best validation (trainer.best_metric) and the retention dataset's valid segm AP change.
+VALID = ("valid_target_best", "valid_source_change_segm_AP")
+FIGURES = tuple(c for c, _ in TARGET + SOURCE) + ("trainable_parameters", "step_time_s") + VALID
 LABELS = {
     "target_bbox_AP": "target bbox AP",
     "target_segm_AP": "target segm AP",
@@ -57,6 +60,8 @@ LABELS = {
     "source_change_bbox_AP": "source Δ bbox AP",
     "source_change_segm_AP": "source Δ segm AP",
     "source_change_segm_cgF1": "source Δ segm cgF1",
+    "valid_target_best": "target valid (best_metric)",
+    "valid_source_change_segm_AP": "source valid Δ segm AP",
 }
 
 
@@ -73,6 +78,8 @@ class Run:
     full_finetune: bool  # lora=none: results.json scores a "finetuned" model
     retention: Optional[dict]
     values: Dict[str, Optional[float]] = field(default_factory=dict)
+    # final_eval.adapter_scales: scale -> {"target_segm_AP": ..., "source_change_segm_AP": ..., bbox alike}
+    curve: Dict[float, Dict[str, float]] = field(default_factory=dict)
 
 
 def _override_parts(overrides: str) -> List[str]:
@@ -103,6 +110,18 @@ def read_run(results_file: Path) -> Run:
         run.values[column] = (r.retention or {}).get("change", {}).get(key)
     run.values["trainable_parameters"] = r.trainable_parameters
     run.values["step_time_s"] = r.step_time_s
+    run.values["valid_target_best"] = r.best_val
+    valid = (r.retention or {}).get("valid")
+    run.values["valid_source_change_segm_AP"] = valid and valid["tuned"]["segm/AP"] - valid["base"]["segm/AP"]
+    source_base = (r.retention or {}).get("base") or {}
+    for point in r.adapter_scales or []:
+        run.curve[point["scale"]] = {
+            **{f"target_{k}_AP": point["target"][f"{k}/AP"] for k in ("bbox", "segm")},
+            **{
+                f"source_change_{k}_AP": point["retention"][f"{k}/AP"] - source_base[f"{k}/AP"]
+                for k in ("bbox", "segm")
+            },
+        }
     return run
 
 
@@ -133,6 +152,7 @@ class SetupRow:
     mean: Dict[str, Optional[float]]
     std: Dict[str, Optional[float]]
     is_full_finetune: bool = False
+    curve: Dict[float, Dict[str, float]] = field(default_factory=dict)  # the seeds' mean per adapter scale
 
 
 def aggregate(runs: List[Run]) -> List[SetupRow]:
@@ -147,7 +167,8 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
             has = any(r.retention for r in bases)
             mean[column], std[column] = (0.0, 0.0) if has else (None, None)
         mean["trainable_parameters"], std["trainable_parameters"] = 0, 0
-        mean["step_time_s"], std["step_time_s"] = None, None
+        for column in ("step_time_s", *VALID):
+            mean[column], std[column] = None, None
         rows.append(SetupRow(BASE, sorted({r.seed for r in bases}, key=str), mean, std))
     setups = []
     for setup in dict.fromkeys(r.setup for r in runs):
@@ -156,7 +177,9 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
         for column in FIGURES:
             mean[column], std[column] = mean_std([r.values[column] for r in group])
         full = all(r.full_finetune for r in group)
-        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full))
+        scales = sorted(set.intersection(*(set(r.curve) for r in group)))
+        curve = {x: {k: statistics.fmean(r.curve[x][k] for r in group) for k in group[0].curve[x]} for x in scales}
+        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full, curve))
     # Fewest trainable parameters first: LoRA minimal ... full fine-tuning.
     trainable = [r.mean["trainable_parameters"] for r in setups]
     order = sorted(range(len(setups)), key=lambda i: (trainable[i] is None, trainable[i] or 0, i))
@@ -171,13 +194,14 @@ def _pm(m, s, digits=3) -> str:
 
 def findings(rows: List[SetupRow]) -> List[str]:
     """What the table shows, computed: each LoRA setup against full fine-tuning."""
-    full = next((r for r in rows if r.is_full_finetune), None)
+    fulls = [r for r in rows if r.is_full_finetune]
+    full = next((r for r in fulls if r.setup == "tuning=full_finetune"), fulls[0] if fulls else None)
     base = next((r for r in rows if r.setup == BASE), None)
     if full is None or base is None:
         return []
     lines = []
     for row in rows:
-        if row in (full, base):
+        if row in (full, base) or row.is_full_finetune:
             continue
         parts = []
         for column, label in (("target_bbox_AP", "bbox"), ("target_segm_AP", "segm")):
@@ -194,6 +218,25 @@ def findings(rows: List[SetupRow]) -> List[str]:
             parts.append(f"source {label} AP change {change:+.3f} vs full {full_change:+.3f} ({verdict} forgetting)")
         if parts:
             lines.append(f"- {row.setup}: " + "; ".join(parts))
+    return lines + distillation_findings(rows)
+
+
+def distillation_findings(rows: List[SetupRow]) -> List[str]:
+    """Each ``<setup>_distill...`` row against its plain ``<setup>`` row: the target kept, the source change."""
+    by_setup = {r.setup: r for r in rows}
+    lines = []
+    for row in rows:
+        plain = by_setup.get(re.sub(r"_distill\w*", "", row.setup))
+        if "_distill" not in row.setup or plain is None:
+            continue
+        target, plain_target = row.mean["target_segm_AP"], plain.mean["target_segm_AP"]
+        change, plain_change = row.mean["source_change_segm_AP"], plain.mean["source_change_segm_AP"]
+        if None in (target, plain_target, change, plain_change) or plain_target <= 0:
+            continue
+        lines.append(
+            f"- {row.setup} against {plain.setup}: target segm AP {target:.3f} = {target / plain_target:.2f}x "
+            f"plain's; source segm AP change {change:+.3f} vs {plain_change:+.3f}"
+        )
     return lines
 
 
@@ -212,6 +255,14 @@ def markdown(rows: List[SetupRow]) -> str:
             "-" if step is None else f"{step:.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.mean[c] is not None for r in rows for c in VALID):
+        lines += [
+            "",
+            "On the valid splits (what a choice between setups may look at; the table above is held-out):",
+            "",
+        ]
+        lines += ["| setup | " + " | ".join(LABELS[c] for c in VALID) + " |", "|---|---|---|"]
+        lines += [f"| {r.setup} | " + " | ".join(_pm(r.mean[c], r.std[c]) for c in VALID) + " |" for r in rows[1:]]
     found = findings(rows)
     notes = [
         "",
@@ -263,7 +314,15 @@ def plot(rows: List[SetupRow], path: Path) -> None:
                 continue
             y = y - (base.mean[f"target_{kind}_AP"] or 0.0) if base else y
             x = 0.0 if x is None else x
-            ax.errorbar(x, y, xerr=xs or 0.0, yerr=ys or 0.0, marker="o", capsize=3, label=r.setup)
+            drawn = ax.errorbar(x, y, xerr=xs or 0.0, yerr=ys or 0.0, marker="o", capsize=3, label=r.setup)
+            if r.curve:  # the same runs with the adapter scaled down: WiSE-FT's curve, scale 1 the point above
+                base_y = base.mean[f"target_{kind}_AP"] or 0.0 if base else 0.0
+                xs_ = [r.curve[c][f"source_change_{kind}_AP"] for c in r.curve]
+                ys_ = [r.curve[c][f"target_{kind}_AP"] - base_y for c in r.curve]
+                color = drawn.lines[0].get_color()
+                ax.plot(xs_, ys_, ls="--", lw=1, color=color, label=f"{r.setup}, adapter scale 0 → 1")
+                for c, cx, cy in zip(r.curve, xs_, ys_):
+                    ax.annotate(f"{c:g}", (cx, cy), textcoords="offset points", xytext=(3, -9), fontsize=6, color=color)
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel(f"source-domain {kind} AP change (tuned − base)")

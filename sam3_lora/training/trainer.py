@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from sam3_lora.sam3_compat.matcher import NonFinitePredictions
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.config import TrainerConfig
+from sam3_lora.training.distill import Distillation
 from sam3_lora.training.distributed import DistInfo
 from sam3_lora.training.loggers import Loggers
 from sam3_lora.training.loss import compute_loss, core_loss
@@ -83,6 +84,7 @@ class Trainer:
         run_record: Optional[dict] = None,
         resume_from: Optional[ckpt.Resume] = None,
         lock: Optional[RunDirectoryLock] = None,
+        preserve: Optional[Distillation] = None,
     ):
         self.cfg = cfg
         self.device = device
@@ -106,6 +108,7 @@ class Trainer:
         self.run_record = run_record  # the run's settings, kept in each checkpoint (ckpt.run_record)
         self.resume_from = resume_from  # the checkpoint to continue, already read and checked by the caller
         self.lock = lock  # rank 0's hold on the run directory: nothing is written once it is lost
+        self.preserve = preserve  # preserve=distill: each micro-batch also matches the base on anchor images
         self.dist = dist_info
         self.is_main = dist_info.is_main
         # DDP all-reduces the trainable parameters' gradients; LoRA-only training leaves no
@@ -368,21 +371,48 @@ class Trainer:
         )
 
     def _forward_backward(self, index: int, batch, sync_gradients: bool, window: "WindowStats"):
-        """One micro-batch: forward, loss, guard, scaled backward. Returns its losses, or None
-        when the batch was skipped for a non-finite loss (its group's gradients dropped).
+        """One micro-batch: forward, loss, guard, scaled backward — of the labelled batch, then (with
+        ``preserve``) of the anchor batch's distillation loss. Returns its losses, or None when the
+        batch was skipped for a non-finite loss (its group's gradients dropped)."""
+        batch = _to_device(batch, self.device)
+        # DDP all-reduces gradients only at the group's last backward (with distillation: the anchors').
+        labelled_syncs = sync_gradients and self.preserve is None
+        loss = self._guarded_backward(index, labelled_syncs, self._labelled_loss, batch)
+        if loss is None:
+            return None
+        losses, core = loss
+        if self.preserve is not None:
+            kept = self._guarded_backward(index, sync_gradients, self._preservation_loss)
+            if kept is None:
+                return None
+            losses = {**losses, **kept[0]}
+        self.bad_steps = 0
+        window.add(core.detach(), images=len(batch.img_batch))
+        self.images_seen += len(batch.img_batch)
+        return losses
+
+    def _labelled_loss(self, batch) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
+        return losses, core_loss(losses)
+
+    def _preservation_loss(self) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        losses = self.preserve.loss(self.model, self.forward_module, lambda b: _to_device(b, self.device))
+        return losses, losses["loss_distill"]
+
+    def _guarded_backward(self, index: int, sync_gradients: bool, loss_of: Callable, *args):
+        """``loss_of(*args)`` -> ``(losses, loss)``, guarded, then the scaled backward of ``loss``. Returns
+        ``(losses, loss)``, or None when the batch was skipped for a non-finite loss.
 
         Every rank learns whether any rank's loss or predictions were non-finite, so all skip the
         batch (or stop) together: a rank that skipped alone would leave the others waiting in
         the gradients' all-reduce."""
-        batch = _to_device(batch, self.device)
-        # DDP all-reduces gradients only at the group's last backward.
         no_sync = contextlib.nullcontext() if sync_gradients or not self.dist.enabled else self.forward_module.no_sync()
         with no_sync:
             try:
                 with self.autocast():
-                    losses = compute_loss(self.model, self.loss_fn, batch, forward=self.forward_module)
+                    losses, loss = loss_of(*args)
                 # The guard needs the value now (one sync per batch; sam3's matcher syncs anyway).
-                health = FINITE if torch.isfinite(core_loss(losses)) else NON_FINITE_LOSS
+                health = FINITE if torch.isfinite(loss) else NON_FINITE_LOSS
             except NonFinitePredictions:  # valid data cannot cause this: the model itself broke
                 health = NON_FINITE_PREDICTIONS
             health = distributed.max_over_ranks(health, self.dist)
@@ -391,12 +421,8 @@ class Trainer:
             if health == NON_FINITE_LOSS:
                 self._skip_non_finite_batch(index)
                 return None
-            loss = core_loss(losses)
-            self.bad_steps = 0
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
-        window.add(loss.detach(), images=len(batch.img_batch))
-        self.images_seen += len(batch.img_batch)
-        return losses
+        return losses, loss
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)

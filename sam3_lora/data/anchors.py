@@ -1,0 +1,118 @@
+"""Distillation's anchor images (``preserve.images``) as a COCO split, and the rule that keeps them out
+of every score.
+
+The anchors are unlabelled: a folder of images, the images of a COCO file (its labels ignored), or
+the target's own training images. They are written as ``anchors.coco.json`` in the run directory —
+the images, no annotations, the anchor vocabulary as categories — so sam3's own dataset asks each
+image ``preserve.prompts_per_image`` of those concepts as queries with nothing to find (the teacher's
+answers are the targets). An anchor image with the same bytes as an image of a scored split (the
+target's or the retention dataset's valid and test) is refused: the base's answers on it would
+leak into the very figures that measure what tuning kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from PIL import Image
+
+from sam3_lora.core.errors import UserError
+from sam3_lora.data.config import Split
+from sam3_lora.data.image_files import is_image_file
+
+ANCHORS_FILE = "anchors.coco.json"
+
+
+class AnchorError(UserError, ValueError):
+    """Anchor images that cannot be used: none found, unreadable, or also images of a scored split."""
+
+
+def _coco_images(ann_file: Path) -> List[dict]:
+    try:
+        return json.loads(Path(ann_file).read_text())["images"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AnchorError(f"preserve.images={ann_file}: not a readable COCO file with an 'images' list ({e})") from e
+
+
+def _folder_images(folder: Path) -> List[dict]:
+    images = []
+    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except OSError as e:
+            raise AnchorError(
+                f"preserve.images={folder}: {path.name} cannot be read as an image ({e}); remove it from the folder"
+            ) from e
+        images.append({"file_name": path.name, "width": width, "height": height})
+    return images
+
+
+def anchor_images(images: str, img_folder: str = None, target_train: Split = None) -> Tuple[List[dict], Path]:
+    """The anchor images ``preserve.images`` names (COCO image records) and their folder."""
+    if images == "target":
+        return _coco_images(Path(target_train.ann_file)), Path(target_train.img_folder)
+    path = Path(images)
+    if path.is_dir():
+        found, folder = _folder_images(path), path
+    elif path.is_file():
+        found, folder = _coco_images(path), Path(img_folder) if img_folder else path.parent
+    else:
+        raise AnchorError(
+            f"preserve.images={images}: no such folder or file; give a folder of images, a COCO annotation file, "
+            "or 'target' (the training images)"
+        )
+    if not found:
+        raise AnchorError(f"preserve.images={images}: no images there")
+    return found, folder
+
+
+def write_anchor_split(records: Sequence[dict], folder: Path, vocabulary: Sequence[str], out_dir: Path) -> Split:
+    """``anchors.coco.json`` in ``out_dir``: the images, no annotations, the vocabulary as categories."""
+    coco = {
+        "images": [
+            {"id": i + 1, "file_name": r["file_name"], "width": r["width"], "height": r["height"]}
+            for i, r in enumerate(records)
+        ],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(vocabulary)],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ANCHORS_FILE
+    path.write_text(json.dumps(coco))
+    return Split(str(path), str(folder))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _split_files(split: Split) -> List[Path]:
+    return [Path(split.img_folder) / im["file_name"] for im in _coco_images(Path(split.ann_file))]
+
+
+def refuse_scored_overlap(anchors: Split, scored: Dict[str, Split]) -> int:
+    """Raise :class:`AnchorError` when an anchor image has the bytes of an image of a ``scored`` split
+    (named ``"dataset/split"``); returns how many anchor images were checked."""
+    by_digest: Dict[str, Path] = {}
+    files = _split_files(anchors)
+    for path in files:
+        if not path.is_file():
+            raise AnchorError(f"{anchors.ann_file}: anchor image {path} does not exist")
+        by_digest.setdefault(_digest(path), path)
+    clashes = []
+    for name, split in scored.items():
+        for path in _split_files(split):
+            if path.is_file() and (anchor := by_digest.get(_digest(path))) is not None:
+                clashes.append(f"{anchor} = {path} ({name})")
+    if clashes:
+        listed = "; ".join(clashes[:5]) + (f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else "")
+        raise AnchorError(
+            f"{len(clashes)} anchor image(s) are also images of a scored split, so the base's answers on them "
+            f"would leak into the figures that measure what tuning kept: {listed}. Take anchors from images no "
+            "score uses (another folder, or preserve.images=target), or remove these from preserve.images"
+        )
+    return len(files)
