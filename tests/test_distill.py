@@ -156,3 +156,15 @@ def test_the_model_card_says_the_run_distilled(toy_root, tmp_path):
     assert summary["preserve"]["weight"] == 0.5 and summary["preserve"]["images"] == "target"
     card = (tmp_path / "README.md").read_text()
     assert "### Distillation from the base" in card and "asked about: circle, square, triangle; weight 0.5" in card
+
+
+def test_negative_prompts_count_as_tuned_concepts_for_routing(toy_root, tmp_path):
+    from conftest import compose_command
+
+    from sam3_lora.pipeline.tuned import load_tuned
+
+    overrides = tiny_run_overrides(toy_root, "trainer.max_epochs=1", "dataset.negative_prompts=[dog, hexagon]")
+    train_in_process(overrides, tmp_path)
+    tuned = load_tuned(compose_command("evaluate", run_dir=tmp_path))
+    # the adapter was trained to stay silent on them: they are its concepts, not the base's
+    assert tuned.tuned_concepts() == {"circle", "square", "star", "cross", "dog", "hexagon"}

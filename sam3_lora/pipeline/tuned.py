@@ -60,14 +60,16 @@ class Tuned:
         return f"{what} + adapter {self.adapter}{scale}"
 
     def tuned_concepts(self) -> Set[str]:
-        """The concepts the adapter was trained on: its training split's category names."""
+        """The concepts the adapter was trained on: its training split's category names and the negative
+        prompts it was trained to stay silent on (``dataset.negative_prompts``)."""
         split = self.dataset.train if self.dataset is not None else None
         if split is None or not split.exists():
             raise RunDirError(
                 "concept routing needs the tuned model's training categories: its dataset's train split "
                 f"({split.ann_file if split is not None else 'none recorded'}) is not there"
             )
-        return {c["name"] for c in json.loads(Path(split.ann_file).read_text())["categories"]}
+        names = {c["name"] for c in json.loads(Path(split.ann_file).read_text())["categories"]}
+        return names | set(self.dataset.negative_prompt_names())
 
 
 def run_config_path(run_dir) -> Path:
