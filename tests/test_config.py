@@ -28,6 +28,9 @@ GROUPS = {
         "launcher",
         "experiment",
         "debug",
+        "preserve",
+        "tuning",
+        "retention",
     )
 }
 ROOT = Path(CONF_DIR).parent
