@@ -137,6 +137,17 @@ def _autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
+def _train_step(model, loss_fn, opt, batch, amp) -> None:
+    """One optimizer step on the labelled loss (what every training row times)."""
+    from sam3_lora.training.loss import compute_loss, core_loss
+
+    opt.zero_grad(set_to_none=True)
+    with amp:
+        loss = core_loss(compute_loss(model, loss_fn, batch))
+    loss.backward()
+    opt.step()
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -146,7 +157,7 @@ def _sync(device):
 def train_setup(spec: dict) -> dict:
     """Median step time and peak memory of one setup; run in its own process."""
     from sam3_lora.lora import count_trainable, inject_lora
-    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+    from sam3_lora.training.loss import build_sam3_loss
 
     device = torch.device(spec["device"])
     model = build(spec["model"]).to(device).train()
@@ -171,11 +182,7 @@ def train_setup(spec: dict) -> dict:
             batch = copy_data_to_device(batch, device) if device.type == "cuda" else batch
             _sync(device)
             t = time.perf_counter()
-            with amp:
-                loss = core_loss(compute_loss(model, loss_fn, batch))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _train_step(model, loss_fn, opt, batch, amp)
             _sync(device)
             if i >= spec["warmup"]:
                 times.append(time.perf_counter() - t)
@@ -293,7 +300,7 @@ def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: 
 
     from sam3_lora.lora import inject_lora, lora_parameters
     from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache, text_encoder
-    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+    from sam3_lora.training.loss import build_sam3_loss
 
     model = build(model_name).to(device).train()
     inject_lora(model, lora_config("balanced"))
@@ -313,11 +320,7 @@ def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: 
         return time.perf_counter() - t
 
     def step(batch) -> None:
-        with amp:
-            loss = core_loss(compute_loss(model, loss_fn, batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(model, loss_fn, opt, batch, amp)
 
     encoder, prompts = text_encoder(model), data[0].find_text_batch
     encode = lambda: encoder(prompts, None, device=device)  # noqa: E731
@@ -354,7 +357,7 @@ def trunk_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps:
     from sam3_lora.lora import inject_lora, lora_parameters
     from sam3_lora.speed.text_cache import install_text_cache
     from sam3_lora.speed.trunk_cache import install_trunk_cache, remove_trunk_cache, trunk_of
-    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+    from sam3_lora.training.loss import build_sam3_loss
 
     models = {}
     for preset in ("balanced", "heads"):
@@ -386,11 +389,7 @@ def trunk_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps:
         _sync(device)
         t = time.perf_counter()
         for b in data:
-            with amp:
-                loss = core_loss(compute_loss(model, loss_fn, b))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _train_step(model, loss_fn, opt, b, amp)
         _sync(device)
         return (time.perf_counter() - t) / len(data)
 

@@ -23,6 +23,8 @@ from typing import Hashable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from sam3_lora.speed.forward_wrapper import unwrap_forward, wrap_forward
+
 Entry = Tuple[Tensor, Tensor, Tensor]  # (padding-mask row, memory column, embeddings column)
 
 
@@ -91,15 +93,8 @@ def text_encoder(model: nn.Module) -> nn.Module:
 def install_text_cache(model: nn.Module, max_prompts: int = 4096) -> TextEncodingCache:
     """Put a cache in front of the model's text encoder (idempotent) and return it."""
     encoder = text_encoder(model)
-    current = encoder.__dict__.get("forward")
-    if isinstance(current, TextEncodingCache):
-        return current
-    cache = TextEncodingCache(encoder, max_prompts)
-    encoder.forward = cache  # an instance attribute: the state dict and module tree are untouched
-    return cache
+    return wrap_forward(encoder, TextEncodingCache, lambda: TextEncodingCache(encoder, max_prompts))
 
 
 def remove_text_cache(model: nn.Module) -> None:
-    encoder = text_encoder(model)
-    if isinstance(encoder.__dict__.get("forward"), TextEncodingCache):
-        del encoder.forward
+    unwrap_forward(text_encoder(model), TextEncodingCache)

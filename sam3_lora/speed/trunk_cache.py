@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sam3_lora.speed.forward_wrapper import unwrap_forward, wrap_forward
+
 log = logging.getLogger(__name__)
 
 PROJECTIONS = 2
@@ -194,15 +196,8 @@ def install_trunk_cache(
 ) -> TrunkFeatureCache:
     """Put a cache in front of the model's image trunk (idempotent) and return it."""
     trunk = trunk_of(model)
-    current = trunk.__dict__.get("forward")
-    if isinstance(current, TrunkFeatureCache):
-        return current
-    cache = TrunkFeatureCache(trunk, max_memory_gb, disk_dir)
-    trunk.forward = cache  # an instance attribute: the state dict and module tree are untouched
-    return cache
+    return wrap_forward(trunk, TrunkFeatureCache, lambda: TrunkFeatureCache(trunk, max_memory_gb, disk_dir))
 
 
 def remove_trunk_cache(model: nn.Module) -> None:
-    trunk = trunk_of(model)
-    if isinstance(trunk.__dict__.get("forward"), TrunkFeatureCache):
-        del trunk.forward
+    unwrap_forward(trunk_of(model), TrunkFeatureCache)
