@@ -97,6 +97,25 @@ def test_setup_name_drops_the_seed_and_what_every_run_shares():
     assert _setup_name("seed=0") == "(defaults)"
 
 
+def test_setups_of_equal_size_keep_their_numeric_order(tmp_path):
+    base, src = _metrics(0.1, 0.2), _metrics(0.6, 0.7)
+    for weight in ("30", "0.3", "3", "10"):
+        _write_run(
+            tmp_path,
+            f"preserve.weight={weight},seed=0",
+            f"preserve.weight={weight},seed=0",
+            0,
+            base,
+            _metrics(0.4, 0.5),
+            src,
+            _metrics(0.5, 0.6),
+            1000,
+            0.1,
+        )
+    rows = aggregate(collect(tmp_path))
+    assert [r.setup for r in rows[1:]] == [f"preserve.weight={w}" for w in ("0.3", "3", "10", "30")]
+
+
 def test_seeds_are_averaged_per_setup_with_the_base_first(sweep):
     rows = aggregate(collect(sweep))
     assert [r.setup for r in rows] == [BASE, "tuning=lora", "tuning=full_finetune"]

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from sam3_lora.lora import count_trainable, inject_lora, save_adapter
 from sam3_lora.pipeline.settings import compose
 
-PRESETS = ("minimal", "balanced", "full")
+PRESETS = ("minimal", "balanced", "full", "heads")
 
 
 def main() -> None:

@@ -125,9 +125,15 @@ def read_run(results_file: Path) -> Run:
     return run
 
 
+def _numbers_as_numbers(path: Path) -> list:
+    """Sort key: 'preserve.weight=3' before 'preserve.weight=10' (the digits in a run's name compared as numbers)."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", path.parent.name)
+    return [float(part) if i % 2 else part for i, part in enumerate(parts)]
+
+
 def collect(sweep_dir: Path) -> List[Run]:
     """Every finished run, its setup named by the overrides that vary across the sweep."""
-    runs = [read_run(p) for p in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"))]
+    runs = [read_run(p) for p in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"), key=_numbers_as_numbers)]
     if not runs:
         raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}")
     parts = [set(_override_parts(r.setup)) for r in runs]
