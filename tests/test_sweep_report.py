@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from sam3_lora.runs.results import metric_change
 from sam3_lora.runs.sweep_report import BASE, SweepReportError, _setup_name, aggregate, collect, write_report
 
 
@@ -182,3 +183,24 @@ def test_a_distilled_setup_is_compared_with_its_plain_one_and_its_scale_curve_dr
     )
     write_report(sweep)
     assert (sweep / "sweep_report.png").stat().st_size > 0
+
+
+def test_metric_change_keeps_negative_sa_co_scores_and_drops_coco_sentinels():
+    base = {"segm/AP": 0.70, "segm/APl": -1.0, "segm/cgF1": 0.60, "saco/IL_MCC": 0.80}
+    tuned = {"segm/AP": 0.10, "segm/APl": -1.0, "segm/cgF1": -0.01, "saco/IL_MCC": -0.25, "segm/AR1": 0.2}
+    # cgF1 and IL_MCC may be negative (an MCC below 0); COCO's -1 means "no object of that size"; AR1 has no base.
+    assert metric_change(base, tuned) == pytest.approx({"segm/AP": -0.60, "segm/cgF1": -0.61, "saco/IL_MCC": -1.05})
+
+
+def test_a_figure_fewer_seeds_recorded_says_its_n(sweep):
+    # Seed 1's tuned source cgF1 is missing (an old results.json, say): the mean is seed 0's alone, and says so.
+    results = json.loads((sweep / "b" / "results.json").read_text())
+    del results["retention"]["tuned"]["segm/cgF1"]
+    (sweep / "b" / "results.json").write_text(json.dumps(results))
+    # Seed 0's tuned source cgF1 is negative (fires on absent concepts): a score, so it is averaged.
+    results = json.loads((sweep / "a" / "results.json").read_text())
+    results["retention"]["tuned"]["segm/cgF1"] = -0.05
+    (sweep / "a" / "results.json").write_text(json.dumps(results))
+    lora = {r.setup: r for r in aggregate(collect(sweep))}["tuning=lora"]
+    assert lora.mean["source_change_segm_cgF1"] == pytest.approx(-0.55) and lora.fewer == {"source_change_segm_cgF1": 1}
+    assert "| -0.550 ± 0.000 (n=1) |" in write_report(sweep).read_text()

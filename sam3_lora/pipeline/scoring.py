@@ -18,6 +18,7 @@ from torch import nn
 from sam3_lora.data.prepare import PreparedDataset
 from sam3_lora.evaluation.heldout import HeldoutScore, HeldoutScorer
 from sam3_lora.runs import layout
+from sam3_lora.runs.results import metric_change
 
 TARGET, RETENTION = "target", "retention"
 # How the tuned model's threshold on the target's held-out split came about (training's validations).
@@ -38,10 +39,10 @@ class Scores:
     tuned_valid: Optional[Dict[str, float]] = None
 
     def change(self) -> Dict[str, float]:
-        """tuned - base (negative = lost); a stat COCOeval could not score (-1) has no change."""
+        """tuned - base (negative = lost), as :func:`metric_change` defines it."""
         if not self.base or not self.tuned:
             return {}
-        return {k: v - self.base[k] for k, v in self.tuned.items() if k in self.base and v >= 0 and self.base[k] >= 0}
+        return metric_change(self.base, self.tuned)
 
 
 @dataclass

@@ -18,6 +18,17 @@ from sam3_lora.runs import layout
 TUNED_LABELS = ("lora", "finetuned")
 
 
+def metric_change(base: Mapping[str, float], tuned: Mapping[str, float]) -> Dict[str, float]:
+    """``tuned - base`` per metric both hold (negative = lost). COCOeval writes -1 for an AP/AR it could
+    not score (no object of that size): those have no change. SA-Co's IL_MCC and cgF1 lie in [-1, 1],
+    so a negative one is a score, and it is kept."""
+
+    def scored(key: str, value: float) -> bool:
+        return value >= 0 or not key.rsplit("/", 1)[-1].startswith(("AP", "AR"))
+
+    return {k: v - base[k] for k, v in tuned.items() if k in base and scored(k, v) and scored(k, base[k])}
+
+
 @dataclass
 class DatasetFacts:
     """A training set as results and cards show it: name, where it was, images and annotations per

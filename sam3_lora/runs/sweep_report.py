@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sam3_lora.runs import layout
-from sam3_lora.runs.results import RunResults
+from sam3_lora.runs.results import RunResults, metric_change
 
 log = logging.getLogger("sam3_lora.report")
 
@@ -106,8 +106,10 @@ def read_run(results_file: Path) -> Run:
     )
     for column, key in TARGET:
         run.values[column] = r.tuned.get(key)
+    # From the scores, not the stored "change": one rule for every results.json however old.
+    source_change = metric_change(r.retention["base"], r.retention["tuned"]) if r.retention else {}
     for column, key in SOURCE:
-        run.values[column] = (r.retention or {}).get("change", {}).get(key)
+        run.values[column] = source_change.get(key)
     run.values["trainable_parameters"] = r.trainable_parameters
     run.values["step_time_s"] = r.step_time_s
     run.values["valid_target_best"] = r.best_val
@@ -159,6 +161,8 @@ class SetupRow:
     std: Dict[str, Optional[float]]
     is_full_finetune: bool = False
     curve: Dict[float, Dict[str, float]] = field(default_factory=dict)  # the seeds' mean per adapter scale
+    # Seeds behind each figure, where fewer than the row's n recorded it (the table says so beside the figure).
+    fewer: Dict[str, int] = field(default_factory=dict)
 
 
 def aggregate(runs: List[Run]) -> List[SetupRow]:
@@ -179,23 +183,28 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
     setups = []
     for setup in dict.fromkeys(r.setup for r in runs):
         group = [r for r in runs if r.setup == setup]
-        mean, std = {}, {}
+        mean, std, fewer = {}, {}, {}
         for column in FIGURES:
-            mean[column], std[column] = mean_std([r.values[column] for r in group])
+            values = [r.values[column] for r in group]
+            mean[column], std[column] = mean_std(values)
+            recorded = sum(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
+            if 0 < recorded < len(group):
+                fewer[column] = recorded
         full = all(r.full_finetune for r in group)
         scales = sorted(set.intersection(*(set(r.curve) for r in group)))
         curve = {x: {k: statistics.fmean(r.curve[x][k] for r in group) for k in group[0].curve[x]} for x in scales}
-        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full, curve))
+        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full, curve, fewer))
     # Fewest trainable parameters first: LoRA minimal ... full fine-tuning.
     trainable = [r.mean["trainable_parameters"] for r in setups]
     order = sorted(range(len(setups)), key=lambda i: (trainable[i] is None, trainable[i] or 0, i))
     return rows + [setups[i] for i in order]
 
 
-def _pm(m, s, digits=3) -> str:
+def _pm(m, s, n: Optional[int] = None, digits=3) -> str:
+    """``mean ± std``; ``n`` when fewer seeds than the row's recorded this figure."""
     if m is None:
         return "-"
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n else "")
 
 
 def findings(rows: List[SetupRow]) -> List[str]:
@@ -256,7 +265,7 @@ def markdown(rows: List[SetupRow]) -> str:
         cells = [
             r.setup,
             str(len(r.seeds)),
-            *(_pm(r.mean[c], r.std[c]) for c, _ in TARGET + SOURCE),
+            *(_pm(r.mean[c], r.std[c], r.fewer.get(c)) for c, _ in TARGET + SOURCE),
             "-" if trainable is None else f"{int(trainable):,}",
             "-" if step is None else f"{step:.3f}",
         ]
@@ -268,14 +277,17 @@ def markdown(rows: List[SetupRow]) -> str:
             "",
         ]
         lines += ["| setup | " + " | ".join(LABELS[c] for c in VALID) + " |", "|---|---|---|"]
-        lines += [f"| {r.setup} | " + " | ".join(_pm(r.mean[c], r.std[c]) for c in VALID) + " |" for r in rows[1:]]
+        lines += [
+            f"| {r.setup} | " + " | ".join(_pm(r.mean[c], r.std[c], r.fewer.get(c)) for c in VALID) + " |"
+            for r in rows[1:]
+        ]
     found = findings(rows)
     notes = [
         "",
         "Target: the held-out split of the training dataset. Source Δ: the tuned model minus the frozen base on the "
         "retention dataset (negative = forgotten). cgF1 = pmF1 x IL_MCC at the score threshold chosen on valid "
         "(0..1; the SAM3 paper prints x100); IL_FPR: the share of prompts of absent concepts answered with a "
-        "detection (lower is better). Mean ± std over the seeds (n).",
+        "detection (lower is better). Mean ± std over the seeds (n); a figure fewer seeds recorded says its own n.",
     ]
     return "\n".join(lines + notes + ([""] + found if found else [])) + "\n"
 
@@ -309,7 +321,7 @@ def plot(rows: List[SetupRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = next((r for r in rows if r.setup == BASE), None)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, kind in zip(axes, ("bbox", "segm")):
         for r in rows:
             if r.setup == BASE:
@@ -334,7 +346,7 @@ def plot(rows: List[SetupRow], path: Path) -> None:
         ax.set_xlabel(f"source-domain {kind} AP change (tuned − base)")
         ax.set_ylabel(f"target-domain {kind} AP gain over the base" if base else f"target-domain {kind} AP")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the points, never on them
     fig.suptitle("what each setup gains on the target domain and loses on the source domain (mean ± std)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
