@@ -569,11 +569,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--suite",
-        choices=("all", "levers", "trunk"),
+        choices=("all", "levers", "trunk", "distill"),
         default="all",
         help="all: every preset, PEFT and each lever; levers: full fine-tuning and LoRA balanced with each lever "
         "added in turn, and batch 1 with ViT activation checkpointing (what make gpu-check measures); trunk: "
-        "the cached-trunk rows alone",
+        "the cached-trunk rows alone; distill: distillation's step against one on as many labelled images, alone",
     )
     ap.add_argument("--inference-batch", type=int, default=None, help="inference batch (default: --batch)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -622,7 +622,7 @@ def main() -> None:
         {"name": f"LoRA balanced + levers, batch {b}", **all_levers, "batch": b, "may_fail": True}
         for b in args.best_batch
     ]
-    if args.suite == "trunk":
+    if args.suite in ("trunk", "distill"):  # one interleaved comparison alone, no setup processes
         setups = []
     toy_split(Path(args.data))  # generate once, before the children
     results = {
@@ -649,19 +649,21 @@ def main() -> None:
                 f"  round {round_ + 1} {s['name']}: {r['step_s'] * 1000:.0f} ms/step, peak +{r['peak_mem_mb']:.0f} MB",
                 file=sys.stderr,
             )
-    if args.suite != "trunk":
+    every = args.suite in ("all", "levers")
+    if every:
         results["text_cache"] = text_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
-    results["trunk_cache"] = trunk_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
-    if args.suite != "trunk":
+    if every or args.suite == "trunk":
+        results["trunk_cache"] = trunk_cache_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
+    if every or args.suite == "distill":
         results["distill"] = distill_ab(args.model, device, args.batch, 1, args.steps, Path(args.data))
-    if args.suite != "trunk":
+    if every:
         infer_batch = args.inference_batch or args.batch
         results["inference"] = inference(args.model, device, infer_batch, args.warmup, args.steps, Path(args.data))
         results["inference_batch"] = infer_batch
     if args.suite == "all":
         results["data_images_per_s"] = dataloader_rate(args.model, args.batch, workers, Path(args.data))
         results["data_workers"] = workers
-    print(report(results) if results["train"] else trunk_report(results))
+    print(report(results) if results["train"] else comparison_report(results))
     if args.json:
         out = (
             Path(args.json)
@@ -729,13 +731,7 @@ def report(r: dict) -> str:
             f"{tc['encoder_stock_s'] * 1000:.1f} ms stock, {tc['encoder_cached_s'] * 1000:.2f} ms cached"
         )
     lines += trunk_cache_summary(r.get("trunk_cache"))
-    d = r.get("distill")
-    if d:
-        lines.append(
-            f"- distillation, interleaved in one process over {d['steps']} steps each, {d['images_per_step']} images "
-            f"per step: LoRA balanced + distillation (half labelled, half anchors) / LoRA balanced "
-            f"**{d['ratio']:.2f}x** (target <= 1.5); {d['distill_step_s'] * 1000:.0f} ms vs {d['plain_step_s'] * 1000:.0f} ms"
-        )
+    lines += distill_summary(r.get("distill"))
     if OURS_LINEAR in t:
         ours = t[OURS_LINEAR]["step_s"]
         lines.append(
@@ -756,9 +752,20 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def trunk_report(r: dict) -> str:
+def comparison_report(r: dict) -> str:
+    """``--suite trunk`` or ``distill``: the interleaved comparison alone."""
     head = f"**{r['model']}**, batch {r['batch']}, {r['machine']}"
-    return "\n".join([head, "", *trunk_cache_summary(r["trunk_cache"])])
+    return "\n".join([head, "", *trunk_cache_summary(r.get("trunk_cache")), *distill_summary(r.get("distill"))])
+
+
+def distill_summary(d) -> list:
+    if not d:
+        return []
+    return [
+        f"- distillation, interleaved in one process over {d['steps']} steps each, {d['images_per_step']} images "
+        f"per step: LoRA balanced + distillation (half labelled, half anchors) / LoRA balanced "
+        f"**{d['ratio']:.2f}x** (target <= 1.5); {d['distill_step_s'] * 1000:.0f} ms vs {d['plain_step_s'] * 1000:.0f} ms"
+    ]
 
 
 def trunk_cache_summary(tc) -> list:
