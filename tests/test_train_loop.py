@@ -61,6 +61,13 @@ def test_resumed_run_matches_an_uninterrupted_one(toy_root, tmp_path, monkeypatc
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
+    # Timing spans both sessions; running the finished run again only re-scores it and keeps that timing.
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["timing"]["steps"] == 3
+    timed = json.loads((tmp_path / "resumed" / "results.json").read_text())["step_time_s"]
+    assert timed > 0
+    again = _train(toy_root, tmp_path / "resumed", *extra)
+    assert again["step_time_s"] == timed
+
 
 def test_tensorboard_and_wandb_files_hold_the_logged_metrics(toy_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -124,6 +124,10 @@ class Trainer:
         self.batches_done = 0  # batches of the current epoch already trained (after a mid-epoch save)
         self.stop_signal: Optional[int] = None
         self.images_seen, self.train_time = 0, 0.0  # this process's throughput, this session
+        # The run's sessions before this one (from the checkpoint): a resumed run reports its whole
+        # training time, and one resumed after its last step keeps the figures it trained with.
+        self.earlier = {"train_s": 0.0, "wall_s": 0.0, "images": 0, "steps": 0}
+        self.session_start, self.session_first_step = time.time(), 0
         self._previous_handlers: Dict[int, object] = {}
         self.best: Optional[float] = None
         self.pending_best: Optional[float] = None  # an improved score, recorded once its files are written
@@ -171,6 +175,16 @@ class Trainer:
             "best": self.best if best is None else best,
             "history": self.history,
             "run": self.run_record,
+            "timing": self.timing(),
+        }
+
+    def timing(self) -> Dict[str, float]:
+        """Training time, wall time, images (this process's) and optimizer steps over every session so far."""
+        return {
+            "train_s": self.earlier["train_s"] + self.train_time,
+            "wall_s": self.earlier["wall_s"] + time.time() - self.session_start,
+            "images": self.earlier["images"] + self.images_seen,
+            "steps": self.earlier["steps"] + self.step - self.session_first_step,
         }
 
     def resume(self) -> Optional[Path]:
@@ -185,6 +199,7 @@ class Trainer:
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.batches_done = state.get("batches_done", 0)
         self.history = state.get("history", [])
+        self.earlier = {**self.earlier, **state.get("timing", {})}
         log.info("resumed from %s at epoch %d (+%d batches), step %d", path, self.epoch, self.batches_done, self.step)
         return path
 
@@ -241,7 +256,7 @@ class Trainer:
         if self.is_main:
             remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         self.resume()
-        first_step, start = self.step, time.time()
+        self.session_start, self.session_first_step = time.time(), self.step
         self._install_signal_handlers()
         try:
             self._epochs()
@@ -251,13 +266,14 @@ class Trainer:
             raise RuntimeError("DDP replicas diverged: trainable weights differ across ranks")
         if self.dist.enabled:
             log.info("DDP: trainable weights identical on all %d ranks", self.dist.world_size)
-        train_time = max(self.train_time, 1e-9)
+        t = self.timing()
+        trained = t["steps"] > 0 and t["train_s"] > 0  # none: a checkpoint from before timing was kept
         return {
-            "wall_time_s": time.time() - start,
+            "wall_time_s": t["wall_s"],
             "best": self.best,
-            "images_per_s": self.images_seen * self.dist.world_size / train_time,
-            # Seconds per optimizer step in this session, evaluation and checkpoints excluded.
-            "step_time_s": train_time / max(self.step - first_step, 1),
+            "images_per_s": t["images"] * self.dist.world_size / t["train_s"] if trained else None,
+            # Seconds per optimizer step over the run's sessions, evaluation and checkpoints excluded.
+            "step_time_s": t["train_s"] / t["steps"] if trained else None,
             "peak_memory_gb": peak_memory_gb(self.device),
         }
 
