@@ -11,6 +11,7 @@ from wandb_records import history
 
 from sam3_lora.lora import read_adapter
 from sam3_lora.train import run
+from sam3_lora.training import checkpoint as ckpt
 
 
 def _train(toy_root, run_dir, *extra):
@@ -62,7 +63,7 @@ def test_resumed_run_matches_an_uninterrupted_one(toy_root, tmp_path, monkeypatc
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
     # Timing spans both sessions; running the finished run again only re-scores it and keeps that timing.
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["timing"]["steps"] == 3
+    assert ckpt.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["timing"]["steps"] == 3
     timed = json.loads((tmp_path / "resumed" / "results.json").read_text())["step_time_s"]
     assert timed > 0
     again = _train(toy_root, tmp_path / "resumed", *extra)

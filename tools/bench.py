@@ -137,14 +137,19 @@ def _autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
-def _train_step(model, loss_fn, opt, batch, amp) -> None:
-    """One optimizer step on the labelled loss (what every training row times)."""
+def _train_step(model, loss_fn, opt, batch, amp, extra_loss=None) -> None:
+    """One optimizer step on the labelled loss (what every training row times); ``extra_loss()``, if
+    given, is backpropagated after it, before the step (as the trainer does with distillation)."""
     from sam3_lora.training.loss import compute_loss, core_loss
 
     opt.zero_grad(set_to_none=True)
     with amp:
         loss = core_loss(compute_loss(model, loss_fn, batch))
     loss.backward()
+    if extra_loss is not None:
+        with amp:
+            extra = extra_loss()
+        extra.backward()
     opt.step()
 
 
@@ -442,7 +447,7 @@ def distill_ab(model_name: str, device, batch_size: int, warmup: int, steps: int
     from sam3_lora.lora import inject_lora, lora_parameters
     from sam3_lora.speed.text_cache import install_text_cache
     from sam3_lora.training.distill import Distillation, DistillConfig, Teacher
-    from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
+    from sam3_lora.training.loss import build_sam3_loss
 
     model = build(model_name).to(device).train()
     inject_lora(model, lora_config("balanced"))
@@ -468,15 +473,8 @@ def distill_ab(model_name: str, device, batch_size: int, warmup: int, steps: int
         def step(batch, with_anchors: bool) -> float:
             _sync(device)
             t = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                loss = core_loss(compute_loss(model, loss_fn, batch))
-            loss.backward()
-            if with_anchors:
-                with amp:
-                    kept = distill.loss(model, model, move)["loss_distill"]
-                kept.backward()
-            opt.step()
+            anchors = (lambda: distill.loss(model, model, move)["loss_distill"]) if with_anchors else None
+            _train_step(model, loss_fn, opt, batch, amp, anchors)
             _sync(device)
             return time.perf_counter() - t
 

@@ -145,9 +145,14 @@ def collect(sweep_dir: Path) -> List[Run]:
     return runs
 
 
+def recorded(values: Sequence[Optional[float]]) -> List[float]:
+    """The values a run recorded: None and NaN left out."""
+    return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def mean_std(values: Sequence[Optional[float]]):
-    """Mean and population std of the recorded values (None and NaN left out); (None, None) if none."""
-    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    """Mean and population std of the recorded values; (None, None) if none."""
+    xs = recorded(values)
     if not xs:
         return None, None
     return statistics.fmean(xs), statistics.pstdev(xs)
@@ -187,9 +192,8 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
         for column in FIGURES:
             values = [r.values[column] for r in group]
             mean[column], std[column] = mean_std(values)
-            recorded = sum(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values)
-            if 0 < recorded < len(group):
-                fewer[column] = recorded
+            if 0 < len(recorded(values)) < len(group):
+                fewer[column] = len(recorded(values))
         full = all(r.full_finetune for r in group)
         scales = sorted(set.intersection(*(set(r.curve) for r in group)))
         curve = {x: {k: statistics.fmean(r.curve[x][k] for r in group) for k in group[0].curve[x]} for x in scales}
