@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.hf.config import require_transformers
+from sam3_lora.hf.transformers_config import require_transformers
 from sam3_lora.hf.hub import push_to_hub
 from sam3_lora.hf.model_card import STOCK_BASE, RunFacts, export_card
 from sam3_lora.lora import count_trainable

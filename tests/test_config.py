@@ -29,7 +29,7 @@ GROUPS = {
         "experiment",
         "debug",
         "preserve",
-        "tuning",
+        "recipe",
         "retention",
     )
 }
@@ -298,4 +298,4 @@ def test_sweep_points_are_not_named_by_paths_or_machine_settings():
     expected |= {"dataset.generate", "model.checkpoint_path", "model.cache_dir", "retention.root"}
     expected |= {f"dataset.{s}.{f}" for s in ("train", "valid", "test") for f in ("ann_file", "img_folder")}
     assert expected <= set(keys), expected - set(keys)
-    assert not {"lora.rank", "optimizer.lr", "tuning", "seed", "trainer.max_epochs"} & set(keys)
+    assert not {"lora.rank", "optimizer.lr", "recipe", "seed", "trainer.max_epochs"} & set(keys)

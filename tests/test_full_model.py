@@ -66,7 +66,7 @@ def test_key_map_covers_the_full_architecture(full_sam3):
     converted set is exactly Sam3Model's for the Sam3Config built from the stock size."""
     pytest.importorskip("transformers")
     import sam3_lora.models.transformers_keymap as keymap
-    from sam3_lora.hf.config import sam3_config
+    from sam3_lora.hf.transformers_config import sam3_config
     from sam3_lora.hf.transformers_model import check_against, empty_sam3_model
     from sam3_lora.models import SIZES
     from sam3_lora.models.assembly import measure_size

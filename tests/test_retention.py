@@ -1,4 +1,4 @@
-"""Retention: a second dataset scored before and after tuning; the tuning group; the forgetting sweep's config."""
+"""Retention: a second dataset scored before and after tuning; the recipe group; the forgetting sweep's config."""
 
 import json
 
@@ -104,7 +104,7 @@ def test_retention_section_is_checked_like_a_dataset():
 
 
 @pytest.mark.parametrize(
-    "tuning,lora,lr",
+    "recipe,lora,lr",
     [
         ("lora_minimal", "q_proj", 3e-3),
         ("lora_balanced", "linear1", 3e-3),
@@ -114,15 +114,15 @@ def test_retention_section_is_checked_like_a_dataset():
         ("lora_balanced_distill", "linear1", 3e-3),
     ],
 )
-def test_tuning_options_set_the_preset_and_its_learning_rate(tuning, lora, lr):
-    cfg = compose_train(["experiment=quickstart", f"tuning={tuning}"])
+def test_recipe_options_set_the_preset_and_its_learning_rate(recipe, lora, lr):
+    cfg = compose_train(["experiment=quickstart", f"recipe={recipe}"])
     assert lora in cfg.lora.targets and cfg.optimizer.lr == lr
-    # The quick start's own settings stay (the tuning option is applied after the experiment).
+    # The quick start's own settings stay (the recipe option is applied after the experiment).
     assert cfg.retention.name == "toy_base" and cfg.model.name == "tiny_toy"
 
 
 def test_full_finetune_trains_every_weight_at_a_lower_rate():
-    cfg = compose_train(["experiment=quickstart", "tuning=full_finetune"])
+    cfg = compose_train(["experiment=quickstart", "recipe=full_finetune"])
     assert not cfg.lora and cfg.optimizer.lr == pytest.approx(3e-4)
 
 
@@ -134,7 +134,7 @@ def test_forgetting_experiment_sweeps_ten_setups_times_three_seeds():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=forgetting"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.tuning.split(",") == [
+    assert params.recipe.split(",") == [
         *("lora_minimal", "lora_balanced", "lora_full", "lora_heads", "full_finetune"),
         *("lora_balanced_lr3e-4", "full_finetune_lr3e-3"),  # step size apart from parameter count
         *("lora_balanced_distill", "lora_balanced_distill_target", "full_finetune_distill"),

@@ -52,7 +52,7 @@ def sweep(tmp_path):
     _write_run(
         tmp_path,
         "a",
-        "seed=0,tuning=lora",
+        "seed=0,recipe=lora",
         0,
         base,
         _metrics(0.40, 0.50, 0.3),
@@ -64,7 +64,7 @@ def sweep(tmp_path):
     _write_run(
         tmp_path,
         "b",
-        "seed=1,tuning=lora",
+        "seed=1,recipe=lora",
         1,
         base,
         _metrics(0.50, 0.60, 0.4),
@@ -77,7 +77,7 @@ def sweep(tmp_path):
     _write_run(
         tmp_path,
         "c",
-        "seed=0,tuning=full_finetune",
+        "seed=0,recipe=full_finetune",
         0,
         base,
         _metrics(0.60, 0.70, 0.5),
@@ -91,11 +91,17 @@ def sweep(tmp_path):
 
 
 def test_setup_name_drops_the_seed_and_what_every_run_shares():
-    assert _setup_name("seed=1,tuning=lora_balanced") == "tuning=lora_balanced"
+    assert _setup_name("seed=1,recipe=lora_balanced") == "recipe=lora_balanced"
     assert _setup_name("lora.alpha=4,lora.rank=2,seed=3") == "lora.alpha=4,lora.rank=2"
     assert _setup_name("lora.alpha=4,lora.rank=2,seed=3", shared=["lora.alpha=4"]) == "lora.rank=2"
     assert _setup_name("lora.targets=[q_proj,v_proj],seed=0") == "lora.targets=[q_proj,v_proj]"
     assert _setup_name("seed=0") == "(defaults)"
+
+
+def test_sweep_directories_named_before_the_recipe_rename_join_todays_setups():
+    # conf/tuning/ is conf/recipe/ now: a sweep run as tuning=X is the setup recipe=X.
+    assert _setup_name("seed=2,tuning=lora_heads") == "recipe=lora_heads"
+    assert _setup_name("lora.rank=4,seed=0,tuning=full_finetune", shared=["recipe=full_finetune"]) == "lora.rank=4"
 
 
 def test_setups_of_equal_size_keep_their_numeric_order(tmp_path):
@@ -119,7 +125,7 @@ def test_setups_of_equal_size_keep_their_numeric_order(tmp_path):
 
 def test_seeds_are_averaged_per_setup_with_the_base_first(sweep):
     rows = aggregate(collect(sweep))
-    assert [r.setup for r in rows] == [BASE, "tuning=lora", "tuning=full_finetune"]
+    assert [r.setup for r in rows] == [BASE, "recipe=lora", "recipe=full_finetune"]
     base, lora, full = rows
     assert base.mean["target_segm_AP"] == pytest.approx(0.20) and base.mean["source_change_segm_AP"] == 0.0
     assert lora.seeds == [0, 1]
@@ -137,9 +143,9 @@ def test_report_files_and_findings(sweep):
     assert "segm AP gain 70% of full fine-tuning's" in md and "bbox AP gain 70% of full fine-tuning's" in md
     # Source segm change -0.030 against full fine-tuning's -0.200: less forgetting.
     assert "source segm AP change -0.030 vs full -0.200 (less forgetting)" in md
-    assert "| tuning=lora | 2 | 0.450 ± 0.050 | 0.550 ± 0.050 | 0.350 ± 0.050 |" in md
+    assert "| recipe=lora | 2 | 0.450 ± 0.050 | 0.550 ± 0.050 | 0.350 ± 0.050 |" in md
     rows = list(csv.DictReader(open(sweep / "sweep_report.csv")))
-    assert [r["setup"] for r in rows] == [BASE, "tuning=lora", "tuning=full_finetune"]
+    assert [r["setup"] for r in rows] == [BASE, "recipe=lora", "recipe=full_finetune"]
     assert math.isclose(float(rows[1]["target_segm_AP_mean"]), 0.55)
     per_run = list(csv.DictReader(open(sweep / "sweep_report_runs.csv")))
     assert sorted((r["run"], r["seed"]) for r in per_run) == [("a", "0"), ("b", "1"), ("c", "0")]
@@ -157,7 +163,7 @@ def test_a_distilled_setup_is_compared_with_its_plain_one_and_its_scale_curve_dr
     base, src = _metrics(0.10, 0.20, 0.05), _metrics(0.60, 0.70, 0.50)
     # Distilled LoRA: target segm AP 0.44 = 0.80x plain's 0.55; source segm AP 0.69 (change -0.01 vs -0.03).
     _write_run(
-        sweep, "d", "seed=0,tuning=lora_distill", 0, base, _metrics(0.3, 0.44), src, _metrics(0.6, 0.69), 1000, 0.2
+        sweep, "d", "seed=0,recipe=lora_distill", 0, base, _metrics(0.3, 0.44), src, _metrics(0.6, 0.69), 1000, 0.2
     )
     results = json.loads((sweep / "a" / "results.json").read_text())
     results["adapter_scales"] = [
@@ -170,15 +176,15 @@ def test_a_distilled_setup_is_compared_with_its_plain_one_and_its_scale_curve_dr
     ]
     (sweep / "a" / "results.json").write_text(json.dumps(results))
     rows = {r.setup: r for r in aggregate(collect(sweep))}
-    assert rows["tuning=lora"].curve == {}  # seed 1 has no curve: only scales every seed has are drawn
+    assert rows["recipe=lora"].curve == {}  # seed 1 has no curve: only scales every seed has are drawn
     md = write_report(sweep).read_text()
     assert (
-        "- tuning=lora_distill against tuning=lora: target segm AP 0.440 = 0.80x plain's; source segm AP change -0.010 vs -0.030"
+        "- recipe=lora_distill against recipe=lora: target segm AP 0.440 = 0.80x plain's; source segm AP change -0.010 vs -0.030"
         in md
     )
     (sweep / "b" / "results.json").unlink()
     rows = {r.setup: r for r in aggregate(collect(sweep))}
-    assert rows["tuning=lora"].curve[0.5] == pytest.approx(
+    assert rows["recipe=lora"].curve[0.5] == pytest.approx(
         {"target_bbox_AP": 0.25, "target_segm_AP": 0.35, "source_change_bbox_AP": -0.01, "source_change_segm_AP": -0.01}
     )
     write_report(sweep)
@@ -201,6 +207,6 @@ def test_a_figure_fewer_seeds_recorded_says_its_n(sweep):
     results = json.loads((sweep / "a" / "results.json").read_text())
     results["retention"]["tuned"]["segm/cgF1"] = -0.05
     (sweep / "a" / "results.json").write_text(json.dumps(results))
-    lora = {r.setup: r for r in aggregate(collect(sweep))}["tuning=lora"]
+    lora = {r.setup: r for r in aggregate(collect(sweep))}["recipe=lora"]
     assert lora.mean["source_change_segm_cgF1"] == pytest.approx(-0.55) and lora.fewer == {"source_change_segm_cgF1": 1}
     assert "| -0.550 ± 0.000 (n=1) |" in write_report(sweep).read_text()

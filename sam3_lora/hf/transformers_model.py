@@ -17,7 +17,7 @@ from torch import nn
 
 import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora.core.errors import UserError
-from sam3_lora.hf.config import require_transformers, sam3_config
+from sam3_lora.hf.transformers_config import require_transformers, sam3_config
 from sam3_lora.models.sizes import SAM3Size
 from sam3_lora.models.transformers_checkpoint import WEIGHTS
 

@@ -27,7 +27,7 @@ from torch import nn
 
 import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora.core.errors import UserError
-from sam3_lora.hf.config import sam3_config
+from sam3_lora.hf.transformers_config import sam3_config
 from sam3_lora.hf.transformers_model import SAFETENSORS_METADATA, empty_sam3_model, own_storage
 from sam3_lora.lora.inject import lora_modules, stock_name
 from sam3_lora.lora.layers import QKV, LoraDelta, LoraLinear

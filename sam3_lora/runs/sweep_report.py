@@ -83,8 +83,9 @@ class Run:
 
 
 def _override_parts(overrides: str) -> List[str]:
-    """``a=1,b=[x,y],seed=0`` -> ``["a=1", "b=[x,y]", "seed=0"]`` (commas inside values kept)."""
-    return [part for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
+    """``a=1,b=[x,y],seed=0`` -> ``["a=1", "b=[x,y]", "seed=0"]`` (commas inside values kept), each
+    under its group's current name."""
+    return [_current_name(part) for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
 
 
 def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
@@ -92,6 +93,18 @@ def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
     those every run of the sweep shares (``shared``)."""
     kept = [p for p in _override_parts(overrides) if not p.startswith("seed=") and p not in shared]
     return ",".join(kept) or "(defaults)"
+
+
+# Sweep directories named before ``conf/tuning/`` became ``conf/recipe/`` are read under the new name,
+# so their runs join the same setup as runs made since.
+RENAMED_GROUPS = {"tuning=": "recipe="}
+
+
+def _current_name(override: str) -> str:
+    for old, new in RENAMED_GROUPS.items():
+        if override.startswith(old):
+            return new + override[len(old) :]
+    return override
 
 
 def read_run(results_file: Path) -> Run:
@@ -214,7 +227,7 @@ def _pm(m, s, n: Optional[int] = None, digits=3) -> str:
 def findings(rows: List[SetupRow]) -> List[str]:
     """What the table shows, computed: each LoRA setup against full fine-tuning."""
     fulls = [r for r in rows if r.is_full_finetune]
-    full = next((r for r in fulls if r.setup == "tuning=full_finetune"), fulls[0] if fulls else None)
+    full = next((r for r in fulls if r.setup == "recipe=full_finetune"), fulls[0] if fulls else None)
     base = next((r for r in rows if r.setup == BASE), None)
     if full is None or base is None:
         return []
