@@ -28,9 +28,9 @@ from omegaconf import DictConfig
 
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.errors import UserError, exit_on_user_error
-from sam3_lora.hf.transformers_config import require_transformers
 from sam3_lora.hf.hub import push_to_hub
 from sam3_lora.hf.model_card import STOCK_BASE, RunFacts, export_card
+from sam3_lora.hf.transformers_config import require_transformers
 from sam3_lora.lora import count_trainable
 from sam3_lora.lora.inject import base_weights_fingerprint, merged_state_dict
 from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
@@ -86,14 +86,14 @@ def _check_request(cfg: DictConfig) -> Path:
 def _facts(cfg: DictConfig, tuned: Tuned) -> RunFacts:
     if cfg.run_dir:
         facts = RunFacts.read(cfg.run_dir)
-        if facts.lora is None and tuned.info is not None:  # an unfinished run: the adapter says what it is
-            facts.lora = tuned.info.config
+        if facts.tuning is None:  # an unfinished run (no results.json yet): the loaded weights say what it is
+            facts.tuning = tuned.tuning
         return facts
     checkpoint = tuned.model_cfg.get("checkpoint_path")
     return RunFacts(
         model_name=tuned.model_cfg.get("name"),
         checkpoint_path=str(checkpoint) if checkpoint else None,
-        lora=tuned.info.config if tuned.info else None,
+        tuning=tuned.tuning,
         trainable_parameters=count_trainable(tuned.model) if tuned.info else None,
     )
 
@@ -147,6 +147,10 @@ def _write(cfg: DictConfig, tuned: Tuned, out: Path) -> Dict[str, str]:
 def export(cfg: DictConfig) -> Path:
     out = _check_request(cfg)
     tuned = load_tuned(cfg)
+    if tuned.tuning is not None and cfg.format not in tuned.tuning.export_formats:
+        raise ExportError(
+            f"format={cfg.format}: a {tuned.tuning.name} run exports as {', '.join(tuned.tuning.export_formats)}"
+        )
     left_out = _write(cfg, tuned, out)
     card = card_path(out, cfg.format)
     push = cfg.get("push_to_hub")

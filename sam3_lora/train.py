@@ -1,16 +1,19 @@
-"""``python -m sam3_lora.train``: fine-tune SAM3 with LoRA (or every weight), as composed by Hydra.
+"""``python -m sam3_lora.train``: fine-tune SAM3 (LoRA, full fine-tuning, or a method of your own), as
+composed by Hydra.
 
-A run, top to bottom (:func:`train`): check the settings; find the checkpoint it continues; prepare
-the data (and distillation's anchor images, checked against every scored split); build the base
-model; put the trunk cache in front of a trunk that will stay frozen; score the frozen base on the
-held-out splits; apply the tuning; prepare the model for training; build the distillation term and
-the trainer; fit; score the best tuned model (at each adapter scale asked for); write the results. Each step is one call into the library (``sam3_lora/pipeline/``, ``data/``, ``training/``).
-Everything lands in the run directory (``outputs/<date>/<time>`` by default).
+A run, top to bottom (:func:`train`): check the settings (``pipeline/settings.py``: every group built
+into its typed object: the tuning method, trainer settings, datasets, keeping method); find the
+checkpoint it continues; prepare the data and what the keeping method needs; build the base model;
+put the trunk cache in front of a trunk that will stay frozen; score the frozen base on the held-out
+splits; apply the tuning; prepare the model for training; build the keeping term and the trainer;
+fit; score the best tuned model (at each adapter scale asked for); write the results. Each step is one
+call into the library: ``pipeline/`` (settings, readiness, model setup, scoring, results),
+``tuning/``, ``data/``, ``training/``, ``runs/``. Everything lands in the run directory
+(``outputs/<date>/<time>`` by default).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import shutil
@@ -18,36 +21,33 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora.core.conf import CONF_DIR
-from sam3_lora.core.device import resolve_device, seed_everything
+from sam3_lora.core.device import seed_everything
 from sam3_lora.core.errors import exit_on_user_error
 from sam3_lora.data.prepare import PreparedDataset, prepare_dataset
 from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.evaluation.saco import THRESHOLD_KEY
-from sam3_lora.lora import count_trainable, lora_modules, parameter_summary
+from sam3_lora.lora import count_trainable, parameter_summary
 from sam3_lora.pipeline import tradeoff
-from sam3_lora.pipeline.preservation import build_distillation, prepare_anchors
+from sam3_lora.pipeline.model_setup import cache_trunk, eval_loader_settings, prepare_model, training_device
 from sam3_lora.pipeline.readiness import own_run_directory, require_ready
 from sam3_lora.pipeline.results import results_table, run_results, write_results
 from sam3_lora.pipeline.scoring import score_base, score_tuned, scored_datasets
 from sam3_lora.pipeline.settings import RunSettings, check_settings, run_command
 from sam3_lora.runs import layout
 from sam3_lora.runs.lock import RunDirectoryLock
-from sam3_lora.speed.levers import apply_speed_levers
-from sam3_lora.speed.trunk_cache import TrunkFeatureCache, install_trunk_cache, trunk_of
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.config import TrainerConfig
-from sam3_lora.training.distill import Distillation
 from sam3_lora.training.distributed import DistInfo
-from sam3_lora.training.loss import build_sam3_loss
+from sam3_lora.training.keeping import KeepingTerm
 from sam3_lora.training.trainer import Trainer
+from sam3_lora.training.trainer_factory import build_trainer
 
 log = logging.getLogger("sam3_lora.train")
 
@@ -81,9 +81,10 @@ def train(
     resume = continued_checkpoint(s.trainer, record, run_dir, info)
     seed_everything(s.seed, s.trainer.deterministic)
     target, retention = prepare_data(s, run_dir, info)
-    anchors = prepare_anchors(s.preserve, target, retention, run_dir, info)
+    if s.preserve is not None:
+        s.preserve.prepare(target, retention, run_dir, info)  # before any model is built or scored
     model = instantiate(s.config.model)
-    trunk_cache = cache_trunk(model, s, run_dir)
+    trunk_cache = cache_trunk(model, s.trainer, s.tuning, s.dataset, run_dir)
     device = training_device(s.trainer, info)
     loader_settings = eval_loader_settings(model, s.trainer)
     scored = scored_datasets(run_dir, target, retention, s.final_eval.split, s.final_eval.compare_base, loader_settings)
@@ -92,12 +93,10 @@ def train(
     s.tuning.apply(model)
     log.info("trainable parameters by part:\n%s", parameter_summary(model))
     prepare_model(model, s.trainer, device)
-    preserve = build_distillation(
-        s.preserve, anchors, model, s.tuning, model.image_size, s.trainer.num_workers, s.seed, info
-    )
-    trainer = build_trainer(
-        s, model, target, run_dir, run_name, sweep_group, info, resume, device, record, lock, preserve
-    )
+    keeping = None
+    if s.preserve is not None:
+        keeping = s.preserve.build(model, s.tuning, model.image_size, s.trainer.num_workers, s.seed, info)
+    trainer = trainer_for_run(s, model, target, run_dir, run_name, sweep_group, info, resume, device, record, lock, keeping)
     log_schedule(s, info, trainer.total_steps)
     fit = trainer.fit()
     if not info.is_main:
@@ -107,13 +106,13 @@ def train(
     curve = scale_curve(s, model, target, retention, device, loader_settings)
     facts = dict(world_size=info.world_size, overrides=run_name, seed=s.seed, adapter_scales=curve)
     facts["trunk_cache"] = trunk_cache.stats() if trunk_cache is not None else None
-    facts["preserve"] = dataclasses.asdict(s.preserve) if s.preserve is not None else None
+    facts["preserve"] = s.preserve.record() if s.preserve is not None else None
     results = run_results(s.tuning, scores, fit, target, count_trainable(model), **facts)
     write_results(results, run_dir, trainer.loggers, trainer.step, s.config.optimizer.lr, effective_batch(s, info))
     trainer.loggers.finish()
     if trunk_cache is not None and not s.trainer.trunk_cache_dir:
         shutil.rmtree(run_dir / layout.TRUNK_CACHE_DIR, ignore_errors=True)  # the run's own: only a cache
-    log.info("\n%s", results_table(results, run_dir))
+    log.info("\n%s", results_table(results, run_dir, s.tuning))
     return results.to_dict()
 
 
@@ -140,67 +139,16 @@ def prepare_data(s: RunSettings, run_dir: Path, info: DistInfo) -> Tuple[Prepare
     return target, retention
 
 
-def cache_trunk(model, s: RunSettings, run_dir: Path) -> Optional[TrunkFeatureCache]:
-    """The image trunk's features computed once per image and reused — in base scoring, every epoch,
-    validation and final scoring — when training leaves the trunk frozen and feeds it the same images."""
-    t = s.trainer
-    if not t.trunk_cache:
-        return None
-    if s.tuning.adapts_trunk(model):
-        log.info("trunk cache off: this tuning trains the image trunk (its features change every step)")
-        return None
-    if s.dataset.augment.scale_min < 1:
-        log.info(
-            "trunk cache off: dataset.augment.scale_min=%g resizes each training image at random, so the trunk "
-            "never sees the same input twice (scale_min=1 keeps flips only: two cached variants)",
-            s.dataset.augment.scale_min,
-        )
-        return None
-    trunk_of(model).requires_grad_(False)  # frozen from here on, as the tuning will leave it
-    disk = Path(t.trunk_cache_dir) if t.trunk_cache_dir else run_dir / layout.TRUNK_CACHE_DIR
-    log.info(
-        "trunk cache on: each image's trunk features computed once (up to %g GB in memory, then in %s)",
-        t.trunk_cache_memory_gb,
-        disk,
-    )
-    return install_trunk_cache(model, t.trunk_cache_memory_gb, disk)
-
-
-def scale_curve(s: RunSettings, model, target, retention, device, loader_settings) -> Optional[List[Dict]]:
+def scale_curve(s: RunSettings, model, target, retention, device, loader_settings) -> Optional[List[dict]]:
     """``final_eval.adapter_scales``: the best model at each adapter scale on both held-out splits."""
     scales = s.final_eval.adapter_scales
     if not scales:
         return None
-    if retention is None or not any(True for _ in lora_modules(model)):
+    if retention is None or not s.tuning.scalable:
         log.info("final_eval.adapter_scales: skipped (it needs LoRA adapters and a retention dataset)")
         return None
     curve = tradeoff.scan(model, target, retention, [*scales, 1.0], 0.0, device, loader_settings)
     return [{"scale": p.scale, "target": p.target, "retention": p.retention} for p in curve.points]
-
-
-def training_device(t: TrainerConfig, info: DistInfo) -> torch.device:
-    """``trainer.device``; under DDP on GPUs, this process's own GPU."""
-    device = resolve_device(t.device)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
-    return device
-
-
-def eval_loader_settings(model, t: TrainerConfig) -> Dict:
-    return dict(image_size=model.image_size, batch_size=t.batch_size, num_workers=t.num_workers, max_dets=t.max_dets)
-
-
-def prepare_model(model, t: TrainerConfig, device: torch.device) -> None:
-    """The speed levers and activation checkpointing the settings ask for, then onto the device."""
-    base_dtype = {"bf16": torch.bfloat16, None: None}[t.base_dtype]
-    apply_speed_levers(
-        model,
-        text_cache=t.text_cache,
-        base_dtype=base_dtype,
-        compile=t.compile,
-        activation_checkpointing=t.activation_checkpointing,
-    )
-    model.to(device)
 
 
 def effective_batch(s: RunSettings, info: DistInfo) -> int:
@@ -215,7 +163,7 @@ def validation(target: PreparedDataset, image_size: int, t: TrainerConfig) -> Op
     return Evaluator(valid.ann_file, target.eval_loader("valid", image_size, t.batch_size, t.num_workers), t.max_dets)
 
 
-def build_trainer(
+def trainer_for_run(
     s: RunSettings,
     model,
     target: PreparedDataset,
@@ -224,43 +172,34 @@ def build_trainer(
     sweep_group: Optional[str],
     info: DistInfo,
     resume: Optional[ckpt.Resume],
-    device: torch.device,
-    record: Dict,
+    device,
+    record: dict,
     lock: Optional[RunDirectoryLock],
-    preserve: Optional[Distillation],
+    keeping: Optional[KeepingTerm],
 ) -> Trainer:
-    """The loop over the target's training split, validating on its valid split (and, with ``preserve``,
-    distilling the base's answers on anchor images)."""
+    """The loop over the target's training split, validating on its valid split; the optimizer,
+    scheduler and logger groups' factories completed with what only this run knows."""
     t, size = s.trainer, model.image_size
     loggers = instantiate(s.config.logger, _convert_="all")
-    trainer = Trainer(
-        model=model,
-        # Across ranks the box count is all-reduced, so every rank's loss is normalised alike.
-        loss_fn=build_sam3_loss(
-            model.transformer.decoder.num_queries, normalization="global" if info.enabled else "local"
-        ),
+    return build_trainer(
+        t,
+        model,
+        target.train_loader(size, t.batch_size, t.num_workers, s.seed, info.world_size, info.rank),
         make_optimizer=instantiate(s.config.optimizer),
         make_scheduler=instantiate(s.config.scheduler),
-        train_loader=target.train_loader(size, t.batch_size, t.num_workers, s.seed, info.world_size, info.rank),
+        run_dir=run_dir,
+        device=device,
         evaluator=validation(target, size, t),
         loggers=loggers(
-            run_dir=run_dir,
-            config=record,
-            run_name=run_name or run_dir.name,
-            is_main=info.is_main,
-            default_group=sweep_group,
+            run_dir=run_dir, config=record, run_name=run_name or run_dir.name, is_main=info.is_main, default_group=sweep_group
         ),
-        run_dir=run_dir,
-        cfg=t,
-        save_weights=functools.partial(s.tuning.save, run_dir=run_dir),
-        device=device,
-        dist_info=info,
+        save_weights=functools.partial(s.tuning.save, run_dir=run_dir, base_model=s.model_name),
+        info=info,
         run_record=ckpt.run_record(run_dir, record),
         resume_from=resume,
         lock=lock,
-        preserve=preserve,
+        keeping=keeping,
     )
-    return trainer
 
 
 def log_schedule(s: RunSettings, info: DistInfo, total_steps: int) -> None:

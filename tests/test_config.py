@@ -14,6 +14,8 @@ from sam3_lora.data.config import DatasetConfig, Split
 from sam3_lora.lora import LoraConfig
 from sam3_lora.pipeline.settings import compose
 from sam3_lora.training.distill import DistillConfig
+from sam3_lora.training.keeping import KeepingMethod
+from sam3_lora.tuning import FullFineTuning, LoraTuning, TuningMethod
 
 GROUPS = {
     g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
@@ -50,12 +52,14 @@ def test_groups_have_the_expected_options():
 
 
 @pytest.mark.parametrize("lora", GROUPS["lora"])
-def test_every_lora_preset_instantiates(lora):
-    cfg = _compose([f"lora={lora}"])
+def test_every_lora_option_builds_its_tuning_method(lora):
+    built = instantiate(_compose([f"lora={lora}"]).lora)
+    assert isinstance(built, TuningMethod)
     if lora == "none":
-        assert not cfg.lora  # full fine-tuning
+        assert isinstance(built, FullFineTuning) and built.record() == {"label": "finetuned", "config": None}
     else:
-        assert isinstance(instantiate(cfg.lora, _convert_="all"), LoraConfig)
+        assert isinstance(built, LoraTuning) and isinstance(built.config, LoraConfig)
+        assert built.record()["config"]["rank"] == _compose([f"lora={lora}"]).lora.rank
 
 
 INSTANTIATED_GROUPS = ("model", "lora", "dataset", "optimizer", "scheduler", "trainer", "logger", "preserve")
@@ -63,17 +67,21 @@ INSTANTIATED_GROUPS = ("model", "lora", "dataset", "optimizer", "scheduler", "tr
 
 @pytest.mark.parametrize("group", INSTANTIATED_GROUPS)
 def test_every_option_of_an_instantiated_group_names_its_target(group):
-    # lora=none (full fine-tuning) and preserve=none (no distillation) build nothing
+    # preserve=none (no keeping method) builds nothing; every other option's YAML shows its _target_
     for option in GROUPS[group]:
         node = _compose([f"{group}={option}"])[group]
-        assert (not node and option == "none" and group in ("lora", "preserve")) or "_target_" in node, (group, option)
+        assert (not node and option == "none" and group == "preserve") or "_target_" in node, (group, option)
+        text = (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
+        inherits = any(line.strip().startswith("- /" + group) or line.strip() == "- coco" for line in text.splitlines())
+        assert "_target_:" in text or inherits or not node, f"conf/{group}/{option}.yaml shows no _target_"
 
 
 @pytest.mark.parametrize("preserve", [p for p in GROUPS["preserve"] if p != "none"])
 def test_every_preserve_option_instantiates_typed_settings(preserve):
     given = ["preserve.images=/data/anchors", "preserve.vocabulary=[dog, car]"] if preserve == "distill" else []
     built = instantiate(_compose([f"preserve={preserve}", *given]).preserve)
-    assert isinstance(built, DistillConfig) and built.weight > 0 and built.vocabulary
+    assert isinstance(built, DistillConfig) and isinstance(built, KeepingMethod)
+    assert built.weight > 0 and built.vocabulary
     assert (built.generate is not None) == (preserve == "toy_anchors")
 
 
@@ -95,7 +103,7 @@ def test_every_optimizer_and_scheduler_instantiates_and_steps(optimizer, schedul
 
     cfg = _compose([f"optimizer={optimizer}", f"scheduler={scheduler}"])
     param = torch.nn.Parameter(torch.ones(3))
-    opt = instantiate(cfg.optimizer)([param])
+    opt = instantiate(cfg.optimizer)([("w", param)])  # the named trainable parameters
     sched = instantiate(cfg.scheduler)(opt, total_steps=100)
     lrs = []
     for _ in range(100):

@@ -182,7 +182,7 @@ def test_full_size_training_step_at_1008px(full_base_state, preset, capsys):
     model = build_model("sam3", random_init=True)
     model.load_state_dict(full_base_state)
     if preset != "none":
-        inject_lora(model, instantiate(compose_train([f"lora={preset}"]).lora, _convert_="all"))
+        inject_lora(model, instantiate(compose_train([f"lora={preset}"]).lora).config)
     model.to(CUDA)
     torch.cuda.reset_peak_memory_stats()
     losses = _train_until_a_step_is_taken(model, torch.bfloat16, img_size=1008, batch_size=1)
@@ -238,7 +238,7 @@ def test_full_size_levers_train_at_1008px(full_base_state, capsys):
     """LoRA balanced with text cache + bf16 base + ViT act. ckpt at batch 1: its peak memory."""
     model = build_model("sam3", random_init=True)
     model.load_state_dict(full_base_state)
-    inject_lora(model, instantiate(compose_train(["lora=balanced"]).lora, _convert_="all"))
+    inject_lora(model, instantiate(compose_train(["lora=balanced"]).lora).config)
     hold_frozen_weights_in(model, torch.bfloat16)
     install_text_cache(model)
     model.backbone.vision_backbone.trunk.use_act_checkpoint = True

@@ -18,7 +18,7 @@ from sam3_lora.lora import LoraConfig, inject_lora, lora_parameters
 from sam3_lora.pipeline.settings import ConfigError, check_settings
 from sam3_lora.training.distill import TERM_WEIGHTS, Teacher, distillation_terms, final_outputs
 from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
-from sam3_lora.training.tuning import FullFineTuning
+from sam3_lora.tuning import FullFineTuning, LoraTuning
 
 
 def _distill_loss(model, teacher, batch):
@@ -55,9 +55,12 @@ def test_teacher_answers_carry_no_grad_and_a_frozen_copy_stays_the_base(tiny_mod
     after = teacher(tiny_model, batch)
     torch.testing.assert_close(after["pred_logits"], before["pred_logits"])
 
-    inject_lora(tiny_model, LoraConfig(rank=4, alpha=8.0, dropout=0.0))
-    lora_teacher = Teacher.for_model(tiny_model, None)
+    lora = LoraTuning(LoraConfig(rank=4, alpha=8.0, dropout=0.0))
+    lora.apply(tiny_model)
+    lora_teacher = Teacher.for_model(tiny_model, lora)
     assert lora_teacher.frozen is None  # the adapters switched off: nothing copied
+    saving = LoraTuning(LoraConfig(rank=4, alpha=8.0, modules_to_save=["segmentation_head"]))
+    assert not saving.base_inside()  # modules_to_save train base weights in place: a copy is the teacher
     out = lora_teacher(tiny_model, batch)
     assert all(not t.requires_grad for t in out.values() if isinstance(t, torch.Tensor))
 

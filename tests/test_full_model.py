@@ -29,7 +29,7 @@ def test_full_architecture_matches_stock_size(full_sam3):
 def test_every_preset_fits_the_full_model(full_sam3, preset):
     cfg = compose("train", [f"lora={preset}"])
     model = copy.deepcopy(full_sam3)
-    report = inject_lora(model, instantiate(cfg.lora, _convert_="all"))
+    report = inject_lora(model, instantiate(cfg.lora).config)  # the LoRA method's settings
     assert count_trainable(model) / 1e6 == pytest.approx(EXPECTED_M[preset], abs=0.01)
     assert len(report.targets) > 0
     del model

@@ -23,9 +23,9 @@ from synthetic import _metadata, final_outputs
 
 import sam3_lora.models.transformers_keymap as keymap
 from sam3_lora import export as export_cmd
-from sam3_lora.hf.transformers_config import VIT_LAYER_NORM_EPS, MissingExtraError, require_transformers, sam3_config
 from sam3_lora.hf.hub import HubUploadError
 from sam3_lora.hf.model_card import STOCK_BASE, ModelCard, RunFacts, export_card
+from sam3_lora.hf.transformers_config import VIT_LAYER_NORM_EPS, MissingExtraError, require_transformers, sam3_config
 from sam3_lora.hf.transformers_model import check_against, empty_sam3_model
 from sam3_lora.models import SIZES, BaseCheckpointError, build_model
 from sam3_lora.models.assembly import measure_size

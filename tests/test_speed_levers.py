@@ -9,9 +9,10 @@ import torch
 from synthetic import lora_training_losses, make_batch, randomize_lora
 
 from sam3_lora.lora import LoraConfig, inject_lora, lora_parameters
+from sam3_lora.sam3_compat.module_paths import text_backbone_of as text_encoder
 from sam3_lora.speed.compiled_blocks import compile_vit_blocks
 from sam3_lora.speed.frozen_precision import hold_frozen_weights_in
-from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache, text_encoder
+from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache
 from sam3_lora.training.loss import build_sam3_loss, compute_loss, core_loss
 
 NAMES = ["circle", "square", "triangle", "hard hat", "person", "a red car", "dog", "traffic light"]

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sam3_lora.models import build_model
 from sam3_lora.pipeline.settings import check_settings
-from sam3_lora.speed.trunk_cache import install_trunk_cache, trunk_of
+from sam3_lora.sam3_compat.module_paths import trunk_of
+from sam3_lora.speed.trunk_cache import install_trunk_cache
 
 
 def _trunk_out(model, x):

@@ -91,7 +91,7 @@ def lora_config(preset: str):
     from sam3_lora.pipeline.settings import compose
 
     cfg = compose("train", [f"lora={preset}", "lora.dropout=0"])
-    return instantiate(cfg.lora, _convert_="all")
+    return instantiate(cfg.lora).config  # the LoRA method's settings
 
 
 class PeakMemory:
@@ -162,6 +162,7 @@ def _sync(device):
 def train_setup(spec: dict) -> dict:
     """Median step time and peak memory of one setup; run in its own process."""
     from sam3_lora.lora import count_trainable, inject_lora
+    from sam3_lora.sam3_compat.module_paths import trunk_of
     from sam3_lora.training.loss import build_sam3_loss
 
     device = torch.device(spec["device"])
@@ -171,7 +172,7 @@ def train_setup(spec: dict) -> dict:
         inject_lora(model, lora_config(spec["preset"]) if "preset" in spec else _config(spec["lora"]))
     elif kind == "peft":
         _inject_peft(model, spec["lora"], spec.get("equal_capacity", False))
-    trunk = model.backbone.vision_backbone.trunk
+    trunk = trunk_of(model)
     trunk.use_act_checkpoint = spec.get("act_ckpt", False)
     apply_levers(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -304,7 +305,8 @@ def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: 
     from sam3.model.utils.misc import copy_data_to_device
 
     from sam3_lora.lora import inject_lora, lora_parameters
-    from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache, text_encoder
+    from sam3_lora.sam3_compat.module_paths import text_backbone_of
+    from sam3_lora.speed.text_cache import install_text_cache, remove_text_cache
     from sam3_lora.training.loss import build_sam3_loss
 
     model = build(model_name).to(device).train()
@@ -327,7 +329,7 @@ def text_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps: 
     def step(batch) -> None:
         _train_step(model, loss_fn, opt, batch, amp)
 
-    encoder, prompts = text_encoder(model), data[0].find_text_batch
+    encoder, prompts = text_backbone_of(model), data[0].find_text_batch
     encode = lambda: encoder(prompts, None, device=device)  # noqa: E731
     times = {"stock": [], "cached": [], "encoder_stock": [], "encoder_cached": []}
     for i in range(warmup + steps):
@@ -360,8 +362,9 @@ def trunk_cache_ab(model_name: str, device, batch_size: int, warmup: int, steps:
     from sam3.model.utils.misc import copy_data_to_device
 
     from sam3_lora.lora import inject_lora, lora_parameters
+    from sam3_lora.sam3_compat.module_paths import trunk_of
     from sam3_lora.speed.text_cache import install_text_cache
-    from sam3_lora.speed.trunk_cache import install_trunk_cache, remove_trunk_cache, trunk_of
+    from sam3_lora.speed.trunk_cache import install_trunk_cache, remove_trunk_cache
     from sam3_lora.training.loss import build_sam3_loss
 
     models = {}

@@ -37,7 +37,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         cfg = compose("train", [*overrides, f"lora={preset}"])
-        lora = instantiate(cfg.lora, _convert_="all")
+        lora = instantiate(cfg.lora).config  # the LoRA method's settings
         model = copy.deepcopy(base)
         report = inject_lora(model, lora)
         trainable = count_trainable(model)

@@ -160,13 +160,14 @@ def run_name_exclusions(schema: type, key: str) -> List[str]:
     return out
 
 
-def with_target(cls: type) -> type:
-    """The config-store node of a group whose options are ``cls`` objects: ``cls``'s fields plus
-    ``_target_`` (and ``_convert_: object``, so nested sections arrive as their dataclasses and
-    lists as lists), so ``hydra.utils.instantiate`` builds it like any other group's object, while
-    ``cls`` itself stays a plain dataclass."""
+def with_target(cls: type, target: Optional[type] = None) -> type:
+    """The config-store node of a group whose options are typed by ``cls``: ``cls``'s fields plus
+    ``_target_`` (``target``, else ``cls`` itself) and ``_convert_: object`` (nested sections arrive
+    as their dataclasses, lists as lists), so ``hydra.utils.instantiate`` builds it like any other
+    group's object, while ``cls`` itself stays a plain dataclass."""
+    built = target or cls
     extra = [
-        ("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}")),
+        ("_target_", str, field(default=f"{built.__module__}.{built.__qualname__}")),
         ("_convert_", str, field(default="object")),
     ]
     return dataclasses.make_dataclass(cls.__name__, extra, bases=(cls,))

@@ -17,7 +17,9 @@ from typing import Collection, Dict, Iterable, Iterator, List, Optional
 import torch
 from torch import nn
 
-from sam3_lora.lora import adapters_off, lora_modules
+from sam3_lora.lora import adapters_off
+from sam3_lora.lora.inject import holds_adapters
+from sam3_lora.sam3_compat.module_paths import trunk_of
 
 
 def _postprocessor(max_dets: int, score_threshold: float = -1.0):
@@ -78,7 +80,7 @@ def predict(
     model.eval()
     detections: List[dict] = []
     try:
-        with trunk_reused(model) if base_for and not _trunk_adapted(model) else contextlib.nullcontext():
+        with trunk_reused(model) if base_for and not holds_adapters(trunk_of(model)) else contextlib.nullcontext():
             for batch in batches:
                 batch = copy_data_to_device(batch, device, non_blocking=True)
                 with amp:
@@ -94,15 +96,11 @@ def predict(
     return detections
 
 
-def _trunk_adapted(model: nn.Module) -> bool:
-    return any(True for _ in lora_modules(model.backbone.vision_backbone.trunk))
-
-
 @contextlib.contextmanager
 def trunk_reused(model: nn.Module) -> Iterator[None]:
     """Inside, the image trunk given the very tensor it was given last returns its last output
     (the trunk holds no adapter, so the routed second run of a batch would compute it again)."""
-    trunk = model.backbone.vision_backbone.trunk
+    trunk = trunk_of(model)
     stock, last = trunk.forward, {}
 
     def forward(x, *args, **kwargs):

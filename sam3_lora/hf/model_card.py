@@ -1,7 +1,7 @@
 """Model cards: the ``README.md`` the Hugging Face Hub shows, for a training run and for every export.
 
 YAML front matter (library_name, base_model, tags, license, pipeline_tag, datasets), then the base
-model, the dataset (name, images, categories), the LoRA config, base vs tuned metrics on the
+model, the dataset (name, images, categories), the tuning method (its own lines), base vs tuned metrics on the
 held-out split, the command that reproduces the run, how to load the files, and notes (what a
 conversion left out, known differences). A run's facts come from the files training leaves in its
 run directory (``results.json``, ``.hydra/``), so an export made later writes the same facts.
@@ -16,9 +16,9 @@ from typing import Dict, List, Mapping, Optional
 
 import yaml
 
-from sam3_lora.lora.config import LoraConfig
 from sam3_lora.runs import layout
 from sam3_lora.runs.results import DatasetFacts, RunResults
+from sam3_lora.tuning import LoraTuning, TuningMethod, method_of_record
 
 STOCK_BASE = "facebook/sam3"  # the Hub id of the base sam3.pt (model=sam3)
 # SAM3's weights are released under Meta's SAM License; a fine-tune inherits it.
@@ -53,13 +53,12 @@ class RunFacts:
     model_option: Optional[str] = None
     checkpoint_path: Optional[str] = None
     seed: Optional[int] = None
-    lora: Optional[LoraConfig] = None
+    tuning: Optional[TuningMethod] = None  # the method results.json records (or the adapter file describes)
     trainable_parameters: Optional[int] = None
     dataset: Optional[DatasetFacts] = None
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     heldout_split: Optional[str] = None
     command: Optional[str] = None
-    tuned_label: Optional[str] = None  # "lora" or "finetuned" (full fine-tuning), from results.json
     retention: Optional[dict] = None  # results.json's retention: {dataset, split, base, tuned, change}
     preserve: Optional[dict] = None  # results.json's preserve: the distillation settings, when it distilled
 
@@ -92,9 +91,7 @@ class RunFacts:
             facts.trainable_parameters = r.trainable_parameters
             facts.heldout_split = r.heldout_split
             facts.dataset = r.dataset
-            facts.tuned_label = r.tuned_label
-            if r.tuning.get("config"):
-                facts.lora = LoraConfig.from_dict(r.tuning["config"])
+            facts.tuning = method_of_record(r.tuning or {"label": r.tuned_label})
             facts.metrics = {k: v for k, v in (("base", r.base), ("tuned", r.tuned)) if v}
             facts.retention = r.retention
             facts.preserve = r.preserve
@@ -148,12 +145,12 @@ class ModelCard:
         lines = ["---", yaml.safe_dump(self.front_matter(), sort_keys=False).strip(), "---", "", f"# {self.title}", ""]
         lines += [self.summary, "", "## Base model", "", base_description(f), ""]
         lines += ["## Dataset", "", *_dataset_lines(f.dataset), ""]
-        lora = (
-            ["None: this is the frozen base model the run adapted."]
-            if self.base_only
-            else _lora_lines(f.lora, f.trainable_parameters)
-        )
-        lines += ["## LoRA", "", *lora, ""]
+        if self.base_only:
+            tuning = ["None: this is the frozen base model the run adapted."]
+        else:
+            tuning = f.tuning.card_lines(f.trainable_parameters) if f.tuning is not None else ["Not recorded."]
+        heading = f.tuning.name if f.tuning is not None and not self.base_only else "tuning"
+        lines += [f"## {heading[0].upper()}{heading[1:]}", "", *tuning, ""]
         if f.preserve and not self.base_only:
             lines += ["### Distillation from the base", "", _preserve_line(f.preserve), ""]
         lines += ["## Results", "", *_metric_lines(f.metrics, f.heldout_split), ""]
@@ -192,23 +189,9 @@ def _dataset_lines(d: Optional[DatasetFacts]) -> List[str]:
     return lines
 
 
-def _lora_lines(cfg: Optional[LoraConfig], trainable: Optional[int]) -> List[str]:
-    if cfg is None:
-        return ["No LoRA: every weight was fine-tuned." if trainable else "Not recorded."]
-    rows = [
-        ("rank", cfg.rank),
-        ("alpha", f"{cfg.alpha:g} (scale {cfg.scale:g}{', rsLoRA' if cfg.use_rslora else ''})"),
-        ("dropout", f"{cfg.dropout:g}"),
-        ("targets", ", ".join(cfg.targets)),
-        ("parts", ", ".join(cfg.parts)),
-        ("target_regex", cfg.target_regex or "none"),
-        ("modules_to_save", ", ".join(cfg.modules_to_save) or "none"),
-        ("trainable parameters", f"{trainable:,}" if trainable is not None else "not recorded"),
-    ]
-    return ["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
-
-
 def _preserve_line(p: Mapping) -> str:
+    if "vocabulary" not in p:  # a keeping method of another kind: its settings as recorded
+        return "Each step also added a term keeping what the base knew: " + ", ".join(f"{k}={v}" for k, v in p.items())
     vocabulary = p["vocabulary"] if isinstance(p["vocabulary"], str) else ", ".join(p["vocabulary"])
     return (
         f"Each step also matched the frozen base's answers (the model with its adapters off, or a frozen copy) on "
@@ -259,19 +242,16 @@ def left_out_notes(left_out: Mapping[str, str]) -> List[str]:
 def run_card(run_dir) -> ModelCard:
     """The card a training run writes into its run directory."""
     facts = RunFacts.read(run_dir)
-    lora = facts.tuned_label != "finetuned"
-    tuned = "LoRA adapter" if lora else "fine-tuned weights"
+    tuning = facts.tuning or LoraTuning()  # a run without results.json yet: the default method
     return ModelCard(
-        title=f"SAM3 {tuned} ({Path(run_dir).name})",
+        title=f"SAM3 {tuning.card_title} ({Path(run_dir).name})",
         library_name="sam3_lora",
         facts=facts,
         summary=f"A sam3_lora training run: SAM3 adapted to `{facts.dataset.label if facts.dataset else 'a dataset'}` "
-        f"with {'LoRA' if lora else 'full fine-tuning'}.",
+        f"with {tuning.name}.",
         usage=RUN_USAGE,
         files=[
-            f"`{layout.adapter_file('best')}` / `{layout.adapter_file('last')}`: the adapter (sam3_lora format)"
-            if lora
-            else f"`{layout.full_weights_file('best')}`: full weights in sam3.pt's layout",
+            tuning.files_line(),
             f"`{layout.RESULTS}`: held-out scores; `{layout.METRICS}`: validation scores; `{layout.TRAINING_LOG}`",
             "`.hydra/`: the composed settings and overrides",
         ],
@@ -372,18 +352,13 @@ def export_card(
     library_name, tags, usage = EXPORT_FORMATS[fmt]
     if base_only:
         base_scores = {k: v for k, v in facts.metrics.items() if k == "base"}
-        facts = replace(facts, lora=None, metrics=base_scores, trainable_parameters=None)
-    lora = facts.lora
-    saved = f", modules_to_save: {', '.join(lora.modules_to_save)}" if lora and lora.modules_to_save else ""
+        facts = replace(facts, tuning=None, metrics=base_scores, trainable_parameters=None)
+    saved = facts.tuning.export_note(fmt) if facts.tuning is not None else ""
     if fmt == "peft":  # PEFT on sam3's own modules: the sam3 model training used
         base = base_description(facts)
     else:
         base = hub_base_model(facts) or "<the base exported with format=transformers base=true>"
-    what = (
-        "frozen base model"
-        if base_only
-        else ("LoRA-tuned model" if fmt in ("merged", "transformers") else "LoRA adapter")
-    )
+    what = "frozen base model" if base_only else (facts.tuning or LoraTuning()).export_title(fmt)
     notes = list(TRANSFORMERS_NOTES) if fmt.startswith("transformers") else []
     notes += left_out_notes(left_out or {})
     if pushed_to:

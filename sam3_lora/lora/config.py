@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import Valid, at_least, number_in, positive, problems, setting
+from sam3_lora.sam3_compat import module_paths as paths
 
 # The projections LoRA targets, by name. q/k/v are row slices of SAM3's packed projections.
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")
@@ -17,12 +18,12 @@ TARGET_ALIASES = {"all": TARGETS}
 
 # SAM3's parts, by the prefix of their module names in Sam3Image.
 PARTS = {
-    "vision": "backbone.vision_backbone.trunk.",
-    "text": "backbone.language_backbone.encoder.",
-    "geometry": "geometry_encoder.",
-    "encoder": "transformer.encoder.",
-    "decoder": "transformer.decoder.",
-    "segmentation": "segmentation_head.",
+    "vision": f"{paths.TRUNK}.",
+    "text": f"{paths.TEXT_ENCODER}.",
+    "geometry": f"{paths.GEOMETRY_ENCODER}.",
+    "encoder": f"{paths.ENCODER}.",
+    "decoder": f"{paths.DECODER}.",
+    "segmentation": f"{paths.SEGMENTATION_HEAD}.",
 }
 PART_ALIASES = {"all": tuple(PARTS)}
 

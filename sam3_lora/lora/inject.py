@@ -132,6 +132,11 @@ def lora_modules(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LORA_LAYERS))
 
 
+def holds_adapters(module: nn.Module) -> bool:
+    """Whether any LoRA layer sits in ``module`` (then ``adapters_off`` changes what it computes)."""
+    return any(True for _ in lora_modules(module))
+
+
 def lora_parameters(model: nn.Module) -> List[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, LoraDelta) for p in m.parameters()]
 

@@ -16,6 +16,7 @@ from sam3_lora.models.sizes import SIZES, SAM3Size
 from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
 from sam3_lora.sam3_compat.matcher import FinitePredictionsMatcher, hungarian_matcher
+from sam3_lora.sam3_compat.module_paths import text_encoder_of, trunk_of
 
 
 def default_bpe_path() -> str:
@@ -241,7 +242,7 @@ def init_text_encoder(model: nn.Module) -> None:
     checkpoint fills them); random memory there turns a randomly initialised model's
     outputs into NaN. Loading a checkpoint afterwards overwrites these values.
     """
-    encoder = model.backbone.language_backbone.encoder
+    encoder = text_encoder_of(model)
     with torch.no_grad():
         nn.init.normal_(encoder.positional_embedding, std=0.01)
         if getattr(encoder, "text_projection", None) is not None:
@@ -251,12 +252,12 @@ def init_text_encoder(model: nn.Module) -> None:
 def measure_size(model: nn.Module) -> SAM3Size:
     """The ``SAM3Size`` a built SAM3 image model has, read off its modules (any builder: stock,
     sized, toy-pretrained), so exports describe the architecture that is really there."""
-    trunk = model.backbone.vision_backbone.trunk
+    trunk = trunk_of(model)
     blocks = list(trunk.blocks)
     patch = trunk.patch_embed.proj.kernel_size[0]
     vit_dim = trunk.patch_embed.proj.out_channels
     pretrain_patches = trunk.pos_embed.shape[1] - 1  # sam3's table has a class-token row first
-    text = model.backbone.language_backbone.encoder
+    text = text_encoder_of(model)
     encoder_layers = model.transformer.encoder.layers
     decoder = model.transformer.decoder
     drop_path = getattr(blocks[-1].drop_path, "drop_prob", 0.0)

@@ -39,14 +39,15 @@ import torch
 from torch import Tensor
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.sam3_compat import module_paths as paths
 
 COPY, PACKED_QKV, TRANSPOSE, CLS_POSITION = "copy", "packed_qkv", "transpose", "cls_position"
 QKV_ROLES = ("q", "k", "v")
 
 # Where a part of the model lives on each side.
-VIT, HF_VIT = "backbone.vision_backbone.trunk.", "vision_encoder.backbone."
+VIT, HF_VIT = f"{paths.TRUNK}.", "vision_encoder.backbone."
 NECK, HF_NECK = "backbone.vision_backbone.convs.", "vision_encoder.neck.fpn_layers."
-TEXT, HF_TEXT = "backbone.language_backbone.", "text_encoder.text_model."
+TEXT, HF_TEXT = f"{paths.TEXT_BACKBONE}.", "text_encoder.text_model."
 GEOMETRY = "geometry_encoder."
 ENCODER, HF_ENCODER = "transformer.encoder.layers.{n}.", "detr_encoder.layers.{n}."
 DECODER, HF_DECODER = "transformer.decoder.", "detr_decoder."

@@ -12,7 +12,7 @@ from sam3_lora.hf.model_card import run_card
 from sam3_lora.pipeline.scoring import RETENTION, TARGET, Scores
 from sam3_lora.runs import layout
 from sam3_lora.runs.results import DatasetFacts, RunResults
-from sam3_lora.training.tuning import TUNINGS, Tuning
+from sam3_lora.tuning import TuningMethod, method_of_record
 
 BASE_TITLE = "frozen base"
 # The columns of the final comparison: (header, metric key).
@@ -29,7 +29,7 @@ RESULT_COLUMNS = (
 
 
 def run_results(
-    tuning: Tuning, scores: Dict[str, Scores], fit: Dict, data: PreparedDataset, trainable: int, **facts
+    tuning: TuningMethod, scores: Dict[str, Scores], fit: dict, data: PreparedDataset, trainable: int, **facts
 ) -> RunResults:
     """``results.json``'s content. ``facts``: world_size, overrides, seed."""
     target = scores.get(TARGET)
@@ -56,7 +56,7 @@ def run_results(
     )
 
 
-def _notes(scores: Dict[str, Scores], tuning: Tuning) -> List[str]:
+def _notes(scores: Dict[str, Scores], tuning: TuningMethod) -> List[str]:
     """What each held-out figure rests on, each note naming the dataset and model it is about."""
     notes = []
     for role, s in scores.items():
@@ -81,16 +81,18 @@ def write_results(results: RunResults, run_dir: Path, loggers, step: int, lr: fl
     if results.retention is not None:
         loggers.log_metrics({f"retention/{k}": v for k, v in results.retention["tuned"].items()}, step)
         loggers.log_metrics({f"retention/change/{k}": v for k, v in results.retention["change"].items()}, step)
-    hparams = {"lora": results.tuning.get("config") or {}, "lr": lr, "batch": batch}
+    hparams = {"lora": results.tuning.get("config") or {}, "lr": lr, "batch": batch}  # the method's settings
     tuned = {f"hparam/{k}": v for k, v in results.tuned.items() if k.endswith(("/AP", "/AP50", "/cgF1"))}
     loggers.log_hparams(hparams, tuned)
 
 
-def results_table(results: RunResults, run_dir: Path) -> str:
+def results_table(results: RunResults, run_dir: Path, tuning: Optional[TuningMethod] = None) -> str:
     """The held-out comparison, one row per model; '-' where a figure is undefined (-1) or was not
     recorded; the SA-Co score threshold last. With a retention dataset, its base, tuned and change
-    rows below."""
-    tuning = TUNINGS[results.tuned_label or "lora"]
+    rows below. ``tuning``: the run's method (default: the one results.json records)."""
+    tuning = tuning or method_of_record(results.tuning)
+    if tuning is None:
+        raise ValueError(f"{run_dir / layout.RESULTS} names no tuning method this package knows: {results.tuning}")
     header = f"{f'held-out {results.heldout_split!r} split':<26}" + "".join(
         f"{h:>{len(h) + 3}}" for h, _ in RESULT_COLUMNS
     )

@@ -27,14 +27,15 @@ from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import Valid, one_of, problems, run_name_exclusions, setting, with_target
 from sam3_lora.data.config import DatasetConfig
 from sam3_lora.data.prompt_lists import PromptListError, read_prompt_list
-from sam3_lora.lora import LoraConfig, LoraConfigError
+from sam3_lora.lora import LoraConfig
 from sam3_lora.models.config import ModelSettings
 from sam3_lora.pipeline.toy_base import ToyBaseSettings
 from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.distill import DistillConfig
+from sam3_lora.training.keeping import KeepingMethod
 from sam3_lora.training.loggers import LoggerSettings
 from sam3_lora.training.optim import AdamWSettings, ConstantSettings, SGDSettings, StepSettings, WarmupCosineSettings
-from sam3_lora.training.tuning import Tuning, tuning_from
+from sam3_lora.tuning import LoraTuning, TuningMethod
 
 
 class ConfigError(UserError, ValueError):
@@ -65,10 +66,10 @@ class TrainSchema:
     seed: int = setting(0, "seeds python, numpy and torch before anything is drawn")
     final_eval: FinalEval = setting(doc="scoring after training", factory=FinalEval)
     model: Any = setting(None, "the model group")
-    lora: Any = setting(None, "the lora group (lora=none, empty: full fine-tuning)")
+    lora: Any = setting(None, "the lora group: the tuning method (sam3_lora/tuning/; lora=none: full fine-tuning)")
     dataset: Any = setting(None, "the dataset group")
     retention: Any = setting(None, "the retention group: a second dataset scored before and after tuning")
-    preserve: Any = setting(None, "the preserve group: distillation from the frozen base (preserve=none: off)")
+    preserve: Any = setting(None, "the preserve group: the keeping method, e.g. distillation from the frozen base (none: off)")
     optimizer: Any = setting(None, "the optimizer group")
     scheduler: Any = setting(None, "the scheduler group")
     trainer: Any = setting(None, "the trainer group")
@@ -80,7 +81,7 @@ SCHEMAS = {
     "train_schema": TrainSchema,
     "model_schema": ModelSettings,
     "toy_base_model_schema": ToyBaseSettings,
-    "lora_schema": with_target(LoraConfig),
+    "lora_schema": with_target(LoraConfig, LoraTuning),
     "dataset_schema": with_target(DatasetConfig),
     "distill_schema": with_target(DistillConfig),
     "trainer_schema": with_target(TrainerConfig),
@@ -92,10 +93,8 @@ SCHEMAS = {
     "logger_schema": LoggerSettings,
 }
 MODEL_SCHEMAS = (ModelSettings, ToyBaseSettings)
-# The sections checked against their schema (the lora group is the tuning strategy's to read:
-# training/tuning.py), and the order problems are listed in.
-CHECKED = ("trainer", "optimizer", "scheduler", "final_eval", "dataset", "retention", "preserve", "model", "logger")
-ORDER = (
+# The sections checked against their schema, in the order problems are listed.
+CHECKED = (
     "trainer",
     "optimizer",
     "scheduler",
@@ -107,6 +106,15 @@ ORDER = (
     "model",
     "logger",
 )
+# The sections whose typed objects a run is built from (checked by type after instantiate).
+BUILT = {
+    "lora": TuningMethod,
+    "trainer": TrainerConfig,
+    "dataset": DatasetConfig,
+    "retention": DatasetConfig,
+    "preserve": KeepingMethod,
+}
+REQUIRED_GROUPS = ("lora",)  # lora=none is an option of its own: full fine-tuning
 # Groups that never name a sweep point's directory: how and where it ran, not what it trained.
 UNNAMED_GROUPS = ("experiment", "launcher", "logger")
 
@@ -211,8 +219,8 @@ class RunSettings:
     trainer: TrainerConfig
     dataset: DatasetConfig
     retention: Optional[DatasetConfig]
-    preserve: Optional[DistillConfig]
-    tuning: Tuning
+    preserve: Optional[KeepingMethod]
+    tuning: TuningMethod
     final_eval: FinalEval
 
     @property
@@ -234,23 +242,11 @@ def check_settings(cfg: DictConfig) -> RunSettings:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
-    found: List[str] = []
-    by_section = {key: _section_problems(cfg, values, key) for key in CHECKED}
-    tuning = None
-    try:
-        tuning = tuning_from(values)
-    except LoraConfigError as e:
-        by_section["lora"] = e.problems
-    found += [line for key in ORDER for line in by_section.get(key, [])]
+    found = [line for key in CHECKED for line in _section_problems(cfg, values, key)]
     found += [] if found else _relation_problems(values)
     built = {}
     if not found:
-        for key, kind in (
-            ("trainer", TrainerConfig),
-            ("dataset", DatasetConfig),
-            ("retention", DatasetConfig),
-            ("preserve", DistillConfig),
-        ):
+        for key, kind in BUILT.items():
             built[key] = _build(cfg.get(key), key, kind, found)
     if found:
         raise ConfigError("invalid settings (nothing was built or read yet):\n- " + "\n- ".join(found))
@@ -261,7 +257,7 @@ def check_settings(cfg: DictConfig) -> RunSettings:
         dataset=built["dataset"],
         retention=built["retention"],
         preserve=built["preserve"],
-        tuning=tuning,
+        tuning=built["lora"],
         final_eval=FinalEval(**values["final_eval"]),
     )
 
@@ -283,11 +279,31 @@ def _missing_keys(node: DictConfig, prefix: str = "") -> List[str]:
 def _section_problems(cfg: DictConfig, values: dict, key: str) -> List[str]:
     node = cfg.get(key)
     if not node:  # retention=none, or the group left out
-        return []
+        return [f"{key}: empty; choose an option ({', '.join(_options(key))})"] if key in REQUIRED_GROUPS else []
     schema = OmegaConf.get_type(node)
-    if not dataclasses.is_dataclass(schema):
-        return [f"{key}: the option has no schema (its YAML needs `- /<name>_schema@_here_` in its defaults)"]
+    if not dataclasses.is_dataclass(schema):  # an option without a registered schema: its class's own
+        schema, problem = _target_schema(values[key], key)
+        if problem:
+            return [problem]
     return problems(schema, values[key], key)
+
+
+def _target_schema(values: dict, key: str):
+    """(the ``settings_schema`` of the class a section's ``_target_`` names, or a problem). The
+    composed config is the user's own command, so its classes are imported as instantiate would."""
+    from hydra.utils import get_class
+
+    target = values.get("_target_")
+    if not target:
+        return None, f"{key}: the option has no schema (its YAML needs `- /<name>_schema@_here_` in its defaults)"
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps the import error
+        return None, f"{key}._target_={target!r}: cannot be imported ({e.__cause__ or e})"
+    schema = getattr(cls, "settings_schema", None)
+    if not dataclasses.is_dataclass(schema):
+        return None, f"{key}._target_={target!r}: {cls.__name__} declares no settings_schema (a dataclass of its keys)"
+    return schema, None
 
 
 def _relation_problems(values: dict) -> List[str]:

@@ -31,10 +31,8 @@ from sam3_lora.models import build_model
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
 from sam3_lora.training.checkpoint import rng_state, set_rng_state
 from sam3_lora.training.config import TrainerConfig
-from sam3_lora.training.loggers import Loggers
-from sam3_lora.training.loss import build_sam3_loss
-from sam3_lora.training.optim import warmup_cosine
-from sam3_lora.training.trainer import Trainer
+from sam3_lora.training.optim import adamw, warmup_cosine
+from sam3_lora.training.trainer_factory import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +127,13 @@ def _pretrain(data: Path, path: Path, recipe: dict) -> None:
         device="cpu",
     )
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(
-            model=model,
-            loss_fn=build_sam3_loss(model.transformer.decoder.num_queries),
-            make_optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05, fused=True),
+        trainer = build_trainer(
+            cfg,
+            model,
+            loader,
+            make_optimizer=functools.partial(adamw, lr=lr, weight_decay=0.05, betas=(0.9, 0.999), fused=True),
             make_scheduler=functools.partial(warmup_cosine, warmup_ratio=0.1, min_lr_ratio=0.01),
-            train_loader=loader,
-            evaluator=None,
-            loggers=Loggers([]),
             run_dir=Path(scratch),
-            cfg=cfg,
-            save_weights=lambda m, tag: None,
             device=torch.device("cpu"),
         )
         trainer.fit()

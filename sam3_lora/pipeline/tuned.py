@@ -1,14 +1,15 @@
 """Load a tuned model for use: from a training run directory, or a base model plus an adapter.
 
-``run_dir`` brings the run's own model and dataset config (``.hydra/config.yaml``) and its
-best adapter; without it, the ``model`` / ``dataset`` config and ``adapter`` path given on
-the command line are used. ``base=true`` leaves the adapter out (the frozen base);
+``run_dir`` brings the run's own model, dataset and tuning method (``.hydra/config.yaml``) and
+its best weights (an adapter, or a full fine-tuning's weights: the method says which); without it,
+the ``model`` / ``dataset`` config and ``adapter`` path given on the command line are used. ``base=true`` leaves the adapter out (the frozen base);
 ``merge=true`` folds the adapter into the weights (outputs equal up to rounding, no per-layer
 LoRA cost). The model is frozen and its text encoder cached: it is for use, not training.
 
 A run directory is a file anyone could have edited or sent: its model config is built only
 when every ``_target_`` in it is one of this package's model builders (those of the ``model``
-config group), checked after interpolation, before anything is built.
+config group), checked after interpolation, before anything is built; its tuning method is one
+this package registers (``sam3_lora.tuning.records``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from yaml import YAMLError
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
-from sam3_lora.lora import AdapterInfo, load_adapter, merge_lora, set_adapter_scale
+from sam3_lora.lora import AdapterInfo, merge_lora, set_adapter_scale
 from sam3_lora.pipeline.settings import model_builders
 from sam3_lora.runs import layout
 from sam3_lora.runs.lock import read_owner
 from sam3_lora.speed.text_cache import install_text_cache
 from sam3_lora.training.config import TrainerConfig
+from sam3_lora.tuning import LoraTuning, TuningMethod, TuningRecordError, method_of_section
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +49,18 @@ class Tuned:
     model: nn.Module
     model_cfg: DictConfig
     dataset: Optional[DatasetConfig]
-    adapter: Optional[Path]
+    adapter: Optional[Path]  # the tuned weights' file (an adapter, or full weights); None: the base
     info: Optional[AdapterInfo]
     notes: List[str] = field(default_factory=list)  # what the figures made with it rest on
     adapter_scale: Optional[float] = None  # the adapter's weight (None: no adapter)
+    tuning: Optional[TuningMethod] = None  # how the weights were tuned (None: the frozen base)
 
     def describe(self) -> str:
         what = f"model={self.model_cfg.get('name')}"
         if not self.adapter:
             return f"{what} (frozen base, no adapter)"
+        if self.info is None:
+            return f"{what} with {self.tuning.weights_kind} {self.adapter}"
         scale = "" if self.adapter_scale == 1 else f" at scale {self.adapter_scale:g}"
         return f"{what} + adapter {self.adapter}{scale}"
 
@@ -126,13 +131,27 @@ def run_model_config(run_dir) -> Tuple[DictConfig, DictConfig]:
     return rc, OmegaConf.create(model)
 
 
-def run_adapter(run_dir) -> Path:
-    for name in (layout.adapter_file("best"), layout.adapter_file("last")):
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
+def run_tuning(run_dir, rc: DictConfig) -> TuningMethod:
+    """The tuning method a run directory's config records (only one this package registers)."""
+    where = str(run_config_path(run_dir))
+    try:
+        section = rc.get("lora")
+        values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+        return method_of_section(values, where)
+    except OmegaConfBaseException as e:
+        raise RunDirError(f"{where}: the lora section does not resolve ({e})") from e
+    except TuningRecordError as e:
+        raise RunDirError(str(e)) from None
+
+
+def run_weights(run_dir, tuning: TuningMethod) -> Path:
+    """The run's best shipped weights (its last, when no validation chose a best)."""
+    for tag in ("best", "last"):
+        if (Path(run_dir) / tuning.weights_file(tag)).is_file():
+            return Path(run_dir) / tuning.weights_file(tag)
     raise RunDirError(
-        f"{run_dir} holds no {layout.adapter_file('best')} or {layout.adapter_file('last')}; was it a LoRA run? "
-        f"(a lora=none run writes {layout.full_weights_file('best')}: pass it as model.checkpoint_path)"
+        f"{run_dir} holds no {tuning.weights_file('best')} or {tuning.weights_file('last')} (the {tuning.name} run's "
+        "weights): did it finish an epoch? Train on, or pass model= and adapter= instead of run_dir="
     )
 
 
@@ -146,22 +165,27 @@ def load_tuned(cfg: DictConfig, dataset_given: bool = False) -> Tuned:
     """
     scale = adapter_scale_of(cfg)
     if cfg.get("run_dir"):
-        model_cfg, dataset, adapter, notes = _from_run_dir(cfg, dataset_given)
+        model_cfg, dataset, adapter, tuning, notes = _from_run_dir(cfg, dataset_given)
     else:
         model_cfg, notes = cfg.model, []
         dataset = instantiate(cfg.dataset) if cfg.get("dataset") is not None else None
         adapter = None if cfg.get("base") or not cfg.get("adapter") else Path(cfg.adapter)
+        tuning = LoraTuning() if adapter else None  # an adapter file: LoRA's (its own config replaces this)
     model = instantiate(model_cfg)
     if not isinstance(model, nn.Module):
         raise RunDirError(f"model config {model_cfg.get('name')!r} built a {type(model).__name__}, not a model")
-    info = load_adapter(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
+    info = tuning.load(model, adapter, bool(cfg.get("allow_base_mismatch"))) if adapter else None
+    if info is not None:
+        tuning = LoraTuning(info.config)  # what the adapter file itself says it is
+    if scale != 1 and adapter and not tuning.scalable:
+        raise RunDirError(f"adapter_scale={scale:g}: {tuning.name} leaves no base inside to scale towards; use 1")
     set_adapter_scale(model, scale)
     if info is not None and cfg.get("merge"):
         merge_lora(model)  # the updates folded into the weights: inference at the base model's cost
     # For use, not training: no weight changes, so each prompt is encoded once.
     model.requires_grad_(False)
     install_text_cache(model)
-    return Tuned(model.eval(), model_cfg, dataset, adapter, info, notes, scale if info is not None else None)
+    return Tuned(model.eval(), model_cfg, dataset, adapter, info, notes, scale if info is not None else None, tuning)
 
 
 def adapter_scale_of(cfg: DictConfig) -> float:
@@ -182,14 +206,17 @@ def _from_run_dir(cfg: DictConfig, dataset_given: bool):
         dataset = instantiate(cfg.dataset)
     else:
         dataset = None if recorded is None else recorded_dataset(recorded, where)
-    adapter = None if cfg.get("base") else Path(cfg.adapter or run_adapter(cfg.run_dir))
+    tuning = None if cfg.get("base") else run_tuning(cfg.run_dir, rc)
+    if cfg.get("adapter") and tuning is not None and not tuning.scalable:
+        raise RunDirError(f"adapter={cfg.adapter}: {run_config_path(cfg.run_dir)} records {tuning.name}, which ships no adapter")
+    adapter = None if tuning is None else Path(cfg.adapter or run_weights(cfg.run_dir, tuning))
     seed = rc.get("seed", 0)
     if not isinstance(seed, int):
         raise RunDirError(f"{run_config_path(cfg.run_dir)}: seed={seed!r} is not an integer")
     # Training built the model first thing after seeding: a randomly initialised base
     # (model=sam3_tiny) comes out identical here. Checkpointed bases do not depend on it.
     torch.manual_seed(seed)
-    return model_cfg, dataset, adapter, notes
+    return model_cfg, dataset, adapter, tuning, notes
 
 
 def _still_training(run_dir: Path) -> List[str]:

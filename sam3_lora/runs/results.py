@@ -15,7 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from sam3_lora.runs import layout
 
-TUNED_LABELS = ("lora", "finetuned")
+# The tuned model's key in ``results``, by tuning method (sam3_lora/tuning/ takes them from here).
+LORA_LABEL = "lora"
+FULL_FINE_TUNING_LABEL = "finetuned"
+TUNED_LABELS = (LORA_LABEL, FULL_FINE_TUNING_LABEL)  # the package's own; a method of yours adds its label
 
 
 def metric_change(base: Mapping[str, float], tuned: Mapping[str, float]) -> Dict[str, float]:
@@ -90,6 +93,11 @@ class RunResults:
     @property
     def tuned_label(self) -> Optional[str]:
         return self.tuning.get("label") or next((k for k in TUNED_LABELS if k in self.results), None)
+
+    @property
+    def full_fine_tuning(self) -> bool:
+        """Every weight trained (the sweep report's reference for what LoRA keeps and gains)."""
+        return self.tuned_label == FULL_FINE_TUNING_LABEL
 
     @property
     def base(self) -> Dict[str, float]:

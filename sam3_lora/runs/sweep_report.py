@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sam3_lora.runs import layout
+from sam3_lora.runs.renames import current_override
 from sam3_lora.runs.results import RunResults, metric_change
 
 log = logging.getLogger("sam3_lora.report")
@@ -75,7 +76,7 @@ class Run:
     setup: str
     seed: Optional[int]
     base: Dict[str, float]
-    full_finetune: bool  # lora=none: results.json scores a "finetuned" model
+    full_finetune: bool  # lora=none (RunResults.full_fine_tuning)
     retention: Optional[dict]
     values: Dict[str, Optional[float]] = field(default_factory=dict)
     # final_eval.adapter_scales: scale -> {"target_segm_AP": ..., "source_change_segm_AP": ..., bbox alike}
@@ -84,8 +85,8 @@ class Run:
 
 def _override_parts(overrides: str) -> List[str]:
     """``a=1,b=[x,y],seed=0`` -> ``["a=1", "b=[x,y]", "seed=0"]`` (commas inside values kept), each
-    under its group's current name."""
-    return [_current_name(part) for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
+    under its group's current name (old sweep directories join today's setups)."""
+    return [current_override(part) for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
 
 
 def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
@@ -95,17 +96,6 @@ def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
     return ",".join(kept) or "(defaults)"
 
 
-# Sweep directories named before ``conf/tuning/`` became ``conf/recipe/`` are read under the new name,
-# so their runs join the same setup as runs made since.
-RENAMED_GROUPS = {"tuning=": "recipe="}
-
-
-def _current_name(override: str) -> str:
-    for old, new in RENAMED_GROUPS.items():
-        if override.startswith(old):
-            return new + override[len(old) :]
-    return override
-
 
 def read_run(results_file: Path) -> Run:
     r = RunResults.read(results_file)
@@ -114,7 +104,7 @@ def read_run(results_file: Path) -> Run:
         setup=r.overrides or "",  # the overrides until collect() names the setup
         seed=r.seed,
         base=r.base,
-        full_finetune=r.tuned_label == "finetuned",
+        full_finetune=r.full_fine_tuning,
         retention=r.retention,
     )
     for column, key in TARGET:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from sam3_lora.sam3_compat.module_paths import trunk_of
+
 
 def compile_vit_blocks(model: nn.Module, mode: str = "default") -> int:
     """Compile the image backbone's blocks in place; returns how many were compiled."""
-    blocks = model.get_submodule("backbone.vision_backbone.trunk.blocks")
+    blocks = trunk_of(model).blocks
     for block in blocks:
         block.compile(mode=mode)
     return len(blocks)

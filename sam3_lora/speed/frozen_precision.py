@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BACKBONES = ("backbone.vision_backbone.trunk", "backbone.language_backbone")
+from sam3_lora.sam3_compat import module_paths as paths
+
+BACKBONES = (paths.TRUNK, paths.TEXT_BACKBONE)
 
 
 def hold_frozen_weights_in(model: nn.Module, dtype: torch.dtype) -> int:

@@ -23,6 +23,7 @@ from typing import Hashable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from sam3_lora.sam3_compat.module_paths import text_backbone_of
 from sam3_lora.speed.forward_wrapper import unwrap_forward, wrap_forward
 
 Entry = Tuple[Tensor, Tensor, Tensor]  # (padding-mask row, memory column, embeddings column)
@@ -86,15 +87,11 @@ def _adapter_state(encoder: nn.Module) -> Hashable:
     return tuple(m.adapter_scale for m in encoder.modules() if hasattr(m, "adapter_scale"))
 
 
-def text_encoder(model: nn.Module) -> nn.Module:
-    return model.backbone.language_backbone
-
-
 def install_text_cache(model: nn.Module, max_prompts: int = 4096) -> TextEncodingCache:
     """Put a cache in front of the model's text encoder (idempotent) and return it."""
-    encoder = text_encoder(model)
+    encoder = text_backbone_of(model)
     return wrap_forward(encoder, TextEncodingCache, lambda: TextEncodingCache(encoder, max_prompts))
 
 
 def remove_text_cache(model: nn.Module) -> None:
-    unwrap_forward(text_encoder(model), TextEncodingCache)
+    unwrap_forward(text_backbone_of(model), TextEncodingCache)

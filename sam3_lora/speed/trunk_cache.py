@@ -35,16 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sam3_lora.sam3_compat.module_paths import trunk_of
 from sam3_lora.speed.forward_wrapper import unwrap_forward, wrap_forward
 
 log = logging.getLogger(__name__)
 
 PROJECTIONS = 2
 _SEED = 20261130
-
-
-def trunk_of(model: nn.Module) -> nn.Module:
-    return model.backbone.vision_backbone.trunk
 
 
 SAMPLES = 4096  # values per tensor the weights fingerprint reads

@@ -31,6 +31,7 @@ from sam3_lora.core.errors import UserError
 from sam3_lora.core.finite import require_finite
 from sam3_lora.runs import layout
 from sam3_lora.runs.layout import BEST, CHECKPOINT_DIR, LAST  # noqa: F401 - ckpt.LAST etc. for callers
+from sam3_lora.runs.renames import current_record
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,8 @@ def check_same_settings(resume: Resume, config: Dict[str, Any], run_dir: Path, r
     record = resume.state.get("run")
     if not record:
         return
-    changes = setting_changes(record["config"], config)
+    # A record of an earlier format is read under today's names (sam3_lora/runs/renames.py).
+    changes = setting_changes(current_record(record["config"]), config)
     if not changes:
         return
     restored = []

@@ -61,6 +61,18 @@ def init_distributed() -> DistInfo:
     return info
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """The module a training step runs through: DDP's wrapper under torchrun / SLURM (it all-reduces
+    the trainable parameters' gradients), else the model itself. LoRA-only training leaves no
+    trainable parameter without a gradient, so unused-parameter search stays off."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index or 0] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids, find_unused_parameters=False)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -66,6 +66,15 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, batch, forward: nn.Module
     return loss_fn(find_stages, targets)
 
 
+def batch_to_device(batch, device: torch.device):
+    """A sam3 batch on ``device`` (as it is on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    from sam3.model.utils.misc import copy_data_to_device
+
+    return copy_data_to_device(batch, device, non_blocking=True)
+
+
 def core_loss(losses: dict) -> torch.Tensor:
     from sam3.train.loss.loss_fns import CORE_LOSS_KEY
 

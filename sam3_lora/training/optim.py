@@ -1,16 +1,21 @@
 """The ``optimizer`` and ``scheduler`` config groups: their settings, and the learning-rate schedules.
 
+The optimizer group builds a factory (``_partial_``) that the trainer completes with the *named*
+trainable parameters (LoRA and modules_to_save; everything with lora=none): ``lr_scales`` then puts
+parameters in groups by name (per-module learning rates, layer-wise decay), a matter of config.
 A schedule is a ``LambdaLR`` factor, stepped once per optimizer step: a small callable object,
-so ``state_dict`` round-trips. The optimizer itself is a plain ``torch.optim`` class instantiated by
-Hydra over the trainable parameters only (LoRA and modules_to_save; everything with lora=none).
+so ``state_dict`` round-trips.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from dataclasses import dataclass
-from typing import List
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -88,9 +93,60 @@ def step(
     )
 
 
+# ----------------------------------------------------------------------------- optimizers
+NamedParameters = Iterable[Tuple[str, nn.Parameter]]
+
+
+def parameter_groups(named: NamedParameters, lr: float, lr_scales: Sequence[Sequence] = ()) -> List[dict]:
+    """The optimizer's groups: each parameter in the group of the first ``lr_scales`` pattern its name
+    matches (``re.search``), at ``lr`` x that factor; the rest in one group at ``lr``. Without
+    ``lr_scales`` (empty): one group, as a plain ``torch.optim`` class over the parameters makes."""
+    patterns = [(re.compile(p), p, factor) for p, factor in lr_scales or ()]
+    groups: Dict[Optional[str], List[nn.Parameter]] = {None: []}
+    for name, param in named:
+        key = next((p for rx, p, _ in patterns if rx.search(name)), None)
+        groups.setdefault(key, []).append(param)
+    out = [{"params": groups.pop(None)}] if groups[None] else []
+    factors = {p: factor for _, p, factor in patterns}
+    out += [{"params": params, "lr": lr * factors[p], "group": p} for p, params in groups.items() if params]
+    return out
+
+
+def adamw(named_parameters: NamedParameters, lr: float, weight_decay: float, betas, fused: bool, lr_scales=None):
+    """``torch.optim.AdamW`` over the named trainable parameters, grouped by ``lr_scales``."""
+    groups = parameter_groups(named_parameters, lr, lr_scales)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused)
+
+
+def sgd(named_parameters: NamedParameters, lr: float, momentum: float, weight_decay: float, nesterov: bool, lr_scales=None):
+    """``torch.optim.SGD`` over the named trainable parameters, grouped by ``lr_scales``."""
+    groups = parameter_groups(named_parameters, lr, lr_scales)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
 # ----------------------------------------------------------------------------- settings
 LR = positive("a positive learning rate (LoRA: about 1e-4 to 3e-3)")
 NON_NEGATIVE = number_in(0, math.inf, "a number >= 0")
+
+
+def _lr_scales():
+    return setting(
+        doc="per-module learning rates: [[regex over parameter names, factor on lr], ...], e.g. "
+        "[[segmentation_head,10.0]] (re.search, in order: the first pattern a name matches decides; []: one lr)",
+        valid=Valid(
+            lambda v: all(len(e) == 2 and _compiles(e[0]) and is_number(e[1]) and e[1] >= 0 for e in v),
+            "a list of [regular expression, factor >= 0] pairs, e.g. [[segmentation_head,10.0]]",
+        ),
+        factory=list,
+    )
+
+
+def _compiles(pattern) -> bool:
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError):
+        return False
+    return True
 
 
 def _warmup_steps():
@@ -109,7 +165,7 @@ def _warmup_ratio(default: float):
 class AdamWSettings:
     """``optimizer=adamw``: ``torch.optim.AdamW``."""
 
-    _target_: str = "torch.optim.AdamW"
+    _target_: str = "sam3_lora.training.optim.adamw"
     _partial_: bool = True
     lr: float = setting(1e-4, "peak learning rate", LR)
     weight_decay: float = setting(0.01, "decoupled weight decay", NON_NEGATIVE)
@@ -124,18 +180,20 @@ class AdamWSettings:
     fused: bool = setting(
         True, "one kernel for the whole update (CPU and CUDA): ~7x faster than the per-tensor loop on CPU"
     )
+    lr_scales: List[Any] = _lr_scales()
 
 
 @dataclass
 class SGDSettings:
     """``optimizer=sgd``: ``torch.optim.SGD``."""
 
-    _target_: str = "torch.optim.SGD"
+    _target_: str = "sam3_lora.training.optim.sgd"
     _partial_: bool = True
     lr: float = setting(1e-2, "learning rate", LR)
     momentum: float = setting(0.9, "momentum", number_in(0, 1, "a number in [0, 1]"))
     weight_decay: float = setting(0.0, "L2 weight decay", NON_NEGATIVE)
     nesterov: bool = setting(True, "Nesterov momentum")
+    lr_scales: List[Any] = _lr_scales()
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""``preserve=distill`` made ready for a run: the anchor images found (toy anchors generated), checked
-against every scored split, written as the run's ``anchors.coco.json``, and the teacher chosen
-(the training side: ``sam3_lora/training/distill.py``; the anchors: ``sam3_lora/data/anchors.py``)."""
+"""``preserve=distill``'s anchor images made ready for a run: found (toy anchors generated), checked
+against every scored split, written as the run's ``anchors.coco.json``, and their loader (the
+settings: ``distill.py``; the term: ``distill_loss.py``; the image lists: ``sam3_lora/data/anchors.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from torch import nn
-
 from sam3_lora.data import toy
 from sam3_lora.data.anchors import ANCHORS_FILE, AnchorError, anchor_images, refuse_scored_overlap, write_anchor_split
 from sam3_lora.data.config import Split
@@ -18,13 +16,14 @@ from sam3_lora.data.prepare import PreparedDataset
 from sam3_lora.data.prompt_lists import read_prompt_list
 from sam3_lora.data.sam3_dataset import build_dataset, build_loader
 from sam3_lora.training import distributed
-from sam3_lora.training.distill import TARGET_IMAGES, Distillation, DistillConfig, Teacher
 from sam3_lora.training.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
+TARGET_IMAGES = "target"  # preserve.images: the training split's own images
 
-def anchor_vocabulary(config: DistillConfig, target_train: Optional[Split]) -> List[str]:
+
+def anchor_vocabulary(config, target_train: Optional[Split]) -> List[str]:
     """``preserve.vocabulary``; with the target's images as anchors, less its training categories unless
     ``keep_training_categories`` (there the teacher's answers would contradict the labels)."""
     names = read_prompt_list(config.vocabulary, "preserve.vocabulary")
@@ -41,7 +40,7 @@ def anchor_vocabulary(config: DistillConfig, target_train: Optional[Split]) -> L
     return kept
 
 
-def generate_toy_anchors(config: DistillConfig) -> None:
+def generate_toy_anchors(config) -> None:
     """Toy anchors (``preserve.generate``): written on first use so that ``preserve.images`` is their train folder."""
     g = config.generate
     folder = Path(config.images)
@@ -51,16 +50,14 @@ def generate_toy_anchors(config: DistillConfig) -> None:
 
 
 def prepare_anchors(
-    config: Optional[DistillConfig],
+    config,
     target: PreparedDataset,
     retention: Optional[PreparedDataset],
     run_dir: Path,
     info: DistInfo,
 ) -> Optional[Split]:
     """``preserve.images`` as the run's ``anchors.coco.json`` (toy anchors generated first), checked against
-    every split a figure is computed on — before any model is built or scored. None for ``preserve=none``."""
-    if config is None:
-        return None
+    every split a figure is computed on — before any model is built or scored."""
     if config.generate is not None:
         if info.is_main:
             generate_toy_anchors(config)
@@ -84,26 +81,14 @@ def prepare_anchors(
     return split
 
 
-def build_distillation(
-    config: Optional[DistillConfig],
-    anchors: Optional[Split],
-    model: nn.Module,
-    tuning,
-    image_size: int,
-    num_workers: int,
-    seed: int,
-    info: DistInfo,
-) -> Optional[Distillation]:
-    """The preservation term of every training step (on the model as tuning left it), or None."""
-    if config is None:
-        return None
+def anchor_loader(config, anchors: Split, image_size: int, num_workers: int, seed: int, info: DistInfo):
+    """The anchor images in batches of ``preserve.anchor_batch``, each asked ``prompts_per_image`` concepts."""
     dataset = build_dataset(
         anchors, image_size, training=True, num_hard_negatives=config.prompts_per_image, hflip=0.0, scale_min=1.0
     )
-    loader = build_loader(
+    return build_loader(
         dataset, config.anchor_batch, True, num_workers, seed=seed + 1, world_size=info.world_size, rank=info.rank
     )
-    return Distillation(config, Teacher.for_model(model, tuning), loader)
 
 
 def scored_splits(target: PreparedDataset, retention: Optional[PreparedDataset]) -> Dict[str, Split]:
