@@ -123,7 +123,7 @@ def test_recipe_options_set_the_preset_and_its_learning_rate(recipe, lora, lr):
 
 def test_full_finetune_trains_every_weight_at_a_lower_rate():
     cfg = compose_train(["experiment=quickstart", "recipe=full_finetune"])
-    assert not cfg.lora and cfg.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.lora._target_ == "sam3_lora.tuning.full.FullFineTuning" and cfg.optimizer.lr == pytest.approx(3e-4)
 
 
 def test_forgetting_experiment_sweeps_ten_setups_times_three_seeds():

@@ -11,7 +11,7 @@ from sam3_lora.evaluation import saco
 from sam3_lora.hf.model_card import run_card
 from sam3_lora.pipeline.scoring import RETENTION, TARGET, Scores
 from sam3_lora.runs import layout
-from sam3_lora.runs.results import DatasetFacts, RunResults
+from sam3_lora.runs.results import LORA_LABEL, DatasetFacts, RunResults
 from sam3_lora.tuning import TuningMethod, method_of_record
 
 BASE_TITLE = "frozen base"
@@ -90,7 +90,7 @@ def results_table(results: RunResults, run_dir: Path, tuning: Optional[TuningMet
     """The held-out comparison, one row per model; '-' where a figure is undefined (-1) or was not
     recorded; the SA-Co score threshold last. With a retention dataset, its base, tuned and change
     rows below. ``tuning``: the run's method (default: the one results.json records)."""
-    tuning = tuning or method_of_record(results.tuning)
+    tuning = tuning or method_of_record(results.tuning or {"label": results.tuned_label or LORA_LABEL})
     if tuning is None:
         raise ValueError(f"{run_dir / layout.RESULTS} names no tuning method this package knows: {results.tuning}")
     header = f"{f'held-out {results.heldout_split!r} split':<26}" + "".join(

@@ -35,7 +35,7 @@ from sam3_lora.runs import layout
 from sam3_lora.runs.lock import read_owner
 from sam3_lora.speed.text_cache import install_text_cache
 from sam3_lora.training.config import TrainerConfig
-from sam3_lora.tuning import LoraTuning, TuningMethod, TuningRecordError, method_of_section
+from sam3_lora.tuning import LoraTuning, TuningMethod, TuningRecordError, method_of_run_config
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,7 @@ def run_tuning(run_dir, rc: DictConfig) -> TuningMethod:
     """The tuning method a run directory's config records (only one this package registers)."""
     where = str(run_config_path(run_dir))
     try:
-        section = rc.get("lora")
-        values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
-        return method_of_section(values, where)
+        return method_of_run_config(OmegaConf.to_container(rc, resolve=True), where)
     except OmegaConfBaseException as e:
         raise RunDirError(f"{where}: the lora section does not resolve ({e})") from e
     except TuningRecordError as e:

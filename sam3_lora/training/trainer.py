@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 from operator import attrgetter
 from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,17 +27,8 @@ from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training import distributed
 from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.distributed import DistInfo
-from sam3_lora.training.guards import (
-    FINITE,
-    NON_FINITE_LOSS,
-    NON_FINITE_PREDICTIONS,
-    STOP_SIGNALS,
-    DivergedError,
-    Divergence,
-    Interruptions,
-    NonFiniteLossError,
-    Preempted,
-)
+from sam3_lora.training.guards import FINITE, NON_FINITE_LOSS, NON_FINITE_PREDICTIONS, Divergence, Interruptions
+from sam3_lora.training.guards import STOP_SIGNALS, DivergedError, NonFiniteLossError, Preempted
 from sam3_lora.training.keeping import KeepingTerm
 from sam3_lora.training.loggers import Loggers
 from sam3_lora.training.loss import batch_to_device, compute_loss, core_loss

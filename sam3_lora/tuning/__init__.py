@@ -11,7 +11,7 @@ A new method is one subclass and one ``conf/lora/<option>.yaml`` with ``_target_
 from sam3_lora.tuning.full import FullFineTuning
 from sam3_lora.tuning.lora import LoraTuning
 from sam3_lora.tuning.method import NoSettings, TuningMethod
-from sam3_lora.tuning.records import TuningRecordError, method_of_record, method_of_section
+from sam3_lora.tuning.records import TuningRecordError, method_of_record, method_of_run_config, method_of_section
 
 __all__ = [
     "FullFineTuning",
@@ -20,5 +20,6 @@ __all__ = [
     "TuningMethod",
     "TuningRecordError",
     "method_of_record",
+    "method_of_run_config",
     "method_of_section",
 ]

@@ -39,6 +39,11 @@ def method_of_section(section: Optional[Mapping[str, Any]], where: str) -> Tunin
         raise TuningRecordError(f"{where}: the lora section does not describe a {cls.__name__} ({e})") from e
 
 
+def method_of_run_config(config: Mapping[str, Any], where: str) -> TuningMethod:
+    """The method a run's resolved config (``.hydra/config.yaml``, as data) records in its ``lora`` group."""
+    return method_of_section(config.get("lora"), where)
+
+
 def method_of_record(record: Mapping[str, Any]) -> Optional[TuningMethod]:
     """The method a results.json ``tuning`` record ({label, config}) names; None when it names none
     this package knows (a method of the user's own, or an older file without the record)."""
