@@ -8,9 +8,11 @@ import torch
 from conftest import compose_train, tiny_run_overrides, train_in_process
 from hydra.utils import instantiate
 
+from sam3_lora.core.atomic_files import atomic_save
 from sam3_lora.core.device import seed_everything
 from sam3_lora.pipeline.settings import ConfigError, check_settings
 from sam3_lora.runs.renames import current_record
+from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.runs.results import RunResults
 from sam3_lora.tuning import FullFineTuning, LoraTuning, TuningRecordError, method_of_record, method_of_section
 
@@ -85,7 +87,7 @@ def test_a_method_of_ones_own_trains_from_its_own_yaml(toy_root, tmp_path, head_
     assert summary["tuning"] == {"label": "head_only", "config": {"module": "segmentation_head"}}
     assert set(summary["results"]) == {"head_only"} and summary["results"]["head_only"]["segm/AP"] >= 0
     assert (run_dir / "head_best.pt").is_file() and (run_dir / "head_last.pt").is_file()
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = ckpt.load(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 2
     assert state["trainable"] and all(k.startswith("segmentation_head.") for k in state["trainable"])
     saved = torch.load(run_dir / "head_last.pt")
@@ -188,9 +190,9 @@ def test_a_run_directory_of_the_earlier_format_resumes_and_loads(toy_root, tmp_p
     overrides = tiny_run_overrides(toy_root, f"lora={lora}", "trainer.max_epochs=1")
     train_in_process(overrides, run_dir)
     last = run_dir / "checkpoints" / "last.pt"
-    state = torch.load(last, weights_only=False)
+    state = ckpt.load(last)
     state["run"]["config"] = _as_recorded_before(state["run"]["config"])
-    torch.save(state, last)
+    atomic_save(state, last)  # a new file: the loaded state still maps the old one
     hydra_config = run_dir / ".hydra" / "config.yaml"
     OmegaConf.save(OmegaConf.create(_as_recorded_before(OmegaConf.to_container(OmegaConf.load(hydra_config)))), hydra_config)
 
@@ -199,4 +201,4 @@ def test_a_run_directory_of_the_earlier_format_resumes_and_loads(toy_root, tmp_p
     assert tuned.adapter.name == tuned.tuning.weights_file("best")
 
     resumed = train_in_process(tiny_run_overrides(toy_root, f"lora={lora}", "trainer.max_epochs=2"), run_dir)
-    assert torch.load(last, weights_only=False)["step"] == 2 and resumed["tuning"]["label"] == tuned.tuning.label
+    assert ckpt.load(last)["step"] == 2 and resumed["tuning"]["label"] == tuned.tuning.label

@@ -135,7 +135,7 @@ def run_tuning(run_dir, rc: DictConfig) -> TuningMethod:
     """The tuning method a run directory's config records (only one this package registers)."""
     where = str(run_config_path(run_dir))
     try:
-        return method_of_run_config(OmegaConf.to_container(rc, resolve=True), where)
+        return method_of_run_config(rc, where)
     except OmegaConfBaseException as e:
         raise RunDirError(f"{where}: the lora section does not resolve ({e})") from e
     except TuningRecordError as e:

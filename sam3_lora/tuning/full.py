@@ -24,12 +24,11 @@ class FullFineTuning(TuningMethod):
     title = "fine-tuned (best)"
     name = "full fine-tuning"
     weights_title = "full weights in sam3.pt's layout"
+    card_title = "fine-tuned weights"
 
     def apply(self, model: nn.Module) -> None:
         model.requires_grad_(True)
         log.info("full fine-tuning: every weight trains")
-
-    card_title = "fine-tuned weights"
 
     def weights_file(self, tag: str) -> str:
         return layout.full_weights_file(tag)

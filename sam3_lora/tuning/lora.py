@@ -10,11 +10,9 @@ from torch import nn
 
 from sam3_lora.lora import AdapterInfo, LoraConfig, inject_lora, load_adapter, save_adapter
 from sam3_lora.lora.config import PARTS
-from sam3_lora.lora.inject import holds_adapters
 from sam3_lora.lora.targets import plan_targets
 from sam3_lora.runs import layout
 from sam3_lora.runs.results import LORA_LABEL
-from sam3_lora.sam3_compat.module_paths import trunk_of
 from sam3_lora.tuning.method import TuningMethod
 
 log = logging.getLogger(__name__)
@@ -41,10 +39,7 @@ class LoraTuning(TuningMethod):
         log.info(inject_lora(model, self.config).describe())
 
     def adapts_trunk(self, model: nn.Module) -> bool:
-        """An adapter or a module_to_save in the image trunk (read off the adapters once injected)."""
-        if holds_adapters(model):
-            trunk_saved = any(name.startswith(PARTS["vision"]) for name in self.config.modules_to_save)
-            return holds_adapters(trunk_of(model)) or trunk_saved
+        """An adapter or a module_to_save planned in the image trunk (asked before ``apply``)."""
         plan = plan_targets(model, self.config)
         return any(name.startswith(PARTS["vision"]) for name in (*plan.linear, *plan.attention, *plan.modules_to_save))
 
@@ -62,10 +57,6 @@ class LoraTuning(TuningMethod):
 
     def settings(self) -> Dict[str, Any]:
         return self.config.to_dict()
-
-    @property
-    def card_title(self) -> str:
-        return "LoRA adapter"
 
     def export_title(self, fmt: str) -> str:
         return "LoRA-tuned model" if fmt in ("merged", "transformers") else "LoRA adapter"

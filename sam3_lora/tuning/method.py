@@ -57,7 +57,8 @@ class TuningMethod:
         raise NotImplementedError
 
     def adapts_trunk(self, model: nn.Module) -> bool:
-        """Whether training changes the image trunk's output (the trunk cache needs it frozen)."""
+        """Whether training will change the image trunk's output (asked before ``apply``: the trunk
+        cache needs it frozen)."""
         return True
 
     def base_inside(self) -> bool:

@@ -8,7 +8,10 @@ read under today's (:mod:`sam3_lora.runs.renames`), so they load as they did.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
 
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import HYDRA_KEYS
@@ -39,9 +42,11 @@ def method_of_section(section: Optional[Mapping[str, Any]], where: str) -> Tunin
         raise TuningRecordError(f"{where}: the lora section does not describe a {cls.__name__} ({e})") from e
 
 
-def method_of_run_config(config: Mapping[str, Any], where: str) -> TuningMethod:
-    """The method a run's resolved config (``.hydra/config.yaml``, as data) records in its ``lora`` group."""
-    return method_of_section(config.get("lora"), where)
+def method_of_run_config(config: DictConfig, where: str) -> TuningMethod:
+    """The method a run's config (``.hydra/config.yaml``, as loaded) records in its ``lora`` group;
+    only that section is resolved."""
+    section = config.get("lora")
+    return method_of_section(OmegaConf.to_container(section, resolve=True) if section else section, where)
 
 
 def method_of_record(record: Mapping[str, Any]) -> Optional[TuningMethod]:
@@ -50,10 +55,8 @@ def method_of_record(record: Mapping[str, Any]) -> Optional[TuningMethod]:
     cls = BY_LABEL.get(record.get("label") or "")
     if cls is None:
         return None
-    config = record.get("config") or {}
-    if cls.settings_schema is not None and config:
-        names = {f for f in getattr(cls.settings_schema, "__dataclass_fields__", {})}
-        config = {k: v for k, v in config.items() if k in names}
+    names = {f.name for f in dataclasses.fields(cls.settings_schema)}
+    config = {k: v for k, v in (record.get("config") or {}).items() if k in names}
     try:
         return cls(**config)
     except (TypeError, ValueError):
