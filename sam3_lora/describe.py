@@ -6,13 +6,14 @@ was trained on (name and architecture fingerprint) and the versions that wrote i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.schema import parse_command_line
 from sam3_lora.lora import read_adapter
 from sam3_lora.lora.targets import part_of
+from sam3_lora.pipeline.use_settings import DescribeSettings
 
 
 def describe(path) -> str:
@@ -39,11 +40,9 @@ def describe(path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("adapter", help="an adapter .safetensors file written by sam3_lora")
-    args = parser.parse_args(argv)
     try:
-        print(describe(args.adapter))
+        settings = parse_command_line(DescribeSettings, argv, __doc__)
+        print(describe(settings.adapter))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ the table's notes say what was repaired and what the figures leave out.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -26,22 +25,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from sam3_lora.core.atomic_files import atomic_write_json, atomic_write_text, written_together
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
-from sam3_lora.core.errors import UserError, exit_on_user_error
+from sam3_lora.core.errors import exit_on_user_error
+from sam3_lora.core.outputs import check_output
 from sam3_lora.data.prepare import MissingSplitError, prepare_dataset
 from sam3_lora.evaluation import saco
 from sam3_lora.evaluation.heldout import HeldoutScorer
-from sam3_lora.pipeline.settings import run_command
+from sam3_lora.pipeline.settings import check_use_settings, run_command
 from sam3_lora.pipeline.tuned import load_tuned
 
 log = logging.getLogger("sam3_lora.evaluate")
 
 HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class ThresholdError(UserError, ValueError):
-    """``score_threshold`` is neither null nor a number in [0, 1]."""
 
 
 def _fmt(v: float, width: int) -> str:
@@ -82,21 +79,12 @@ def table(
     return "\n".join(lines)
 
 
-def _given_threshold(cfg: DictConfig) -> Optional[float]:
-    value = cfg.get("score_threshold")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ThresholdError(
-            f"score_threshold={value!r}: a detection score in [0, 1], or null to choose it on the valid split"
-        )
-    return float(value)
-
-
 def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
     """``dataset_given``: the command line set ``dataset`` (a run scored on another dataset, say its
     source domain): it replaces the run's own, and the files are named after it."""
-    given = _given_threshold(cfg)  # a bad value stops before anything is built
+    check_use_settings(cfg)  # a bad value stops before anything is built
+    given = cfg.score_threshold
+    check_output(_output_folder(cfg), "output", folder=True)
     tuned = load_tuned(cfg, dataset_given=dataset_given)
     if tuned.dataset is None:
         raise MissingSplitError("no dataset to score: pass run_dir=<a training run> or dataset.root=/path/to/export")
@@ -129,17 +117,22 @@ def evaluate(cfg: DictConfig, dataset_given: bool = False) -> dict:
         "concept_routing": sorted(routed) if routed is not None else None,
         "notes": tuned.notes + held.notes,
     }
-    out_dir = Path(cfg.output or cfg.run_dir or (tuned.adapter.parent if tuned.adapter else "."))
+    out_dir = _output_folder(cfg)
     on = f"{tuned.dataset.name}_" if dataset_given and cfg.run_dir else ""
     stem = f"eval_{on}{cfg.split}{'_base' if tuned.adapter is None else ''}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{tuned.describe()} on '{cfg.split}' ({report.ann_file}, {report.num_images} images)"
     source = "as given" if held.threshold_chosen_on is None else f"chosen on '{held.threshold_chosen_on}'"
     text = table(title, score.metrics, score.per_category, result["notes"], score.per_category_saco, source)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{stem}.txt").write_text(text + "\n")
+    with written_together():
+        atomic_write_json(out_dir / f"{stem}.json", result)
+        atomic_write_text(out_dir / f"{stem}.txt", text + "\n")
     log.info("\n%s\nwritten: %s", text, out_dir / f"{stem}.json")
     return result
+
+
+def _output_folder(cfg: DictConfig) -> Path:
+    """Where the figures go: ``output=``, else the run directory, else the adapter's folder."""
+    return Path(cfg.output or cfg.run_dir or (Path(cfg.adapter).parent if cfg.adapter and not cfg.base else "."))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.errors import UserError, exit_on_user_error
+from sam3_lora.core.outputs import check_output
 from sam3_lora.hf.hub import push_to_hub
 from sam3_lora.hf.model_card import STOCK_BASE, RunFacts, export_card
 from sam3_lora.hf.transformers_config import require_transformers
@@ -37,13 +38,12 @@ from sam3_lora.lora.peft_format import peft_adapter, save_peft_adapter
 from sam3_lora.models.assembly import measure_size
 from sam3_lora.models.sam3_layout import save_sam3_state
 from sam3_lora.models.transformers_keymap import summarise
-from sam3_lora.pipeline.settings import run_command
+from sam3_lora.pipeline.settings import check_use_settings, run_command
 from sam3_lora.pipeline.tuned import Tuned, load_tuned, output_dir
 from sam3_lora.runs import layout
 
 log = logging.getLogger("sam3_lora.export")
 
-FORMATS = ("merged", "peft", "transformers", "transformers-peft")
 FILE_FORMATS = ("merged",)  # one file; the others write a folder
 ADAPTER_FORMATS = ("peft", "transformers-peft")  # need an adapter: no base=true
 
@@ -59,8 +59,7 @@ def card_path(out: Path, fmt: str) -> Path:
 
 def _check_request(cfg: DictConfig) -> Path:
     """Everything about the request that can be refused before any model is built."""
-    if cfg.format not in FORMATS:
-        raise ExportError(f"format={cfg.format}: choose one of {', '.join(FORMATS)}")
+    check_use_settings(cfg)
     if cfg.format.startswith("transformers"):
         require_transformers(f"export format={cfg.format}")
     if cfg.get("base") and cfg.format in ADAPTER_FORMATS:
@@ -75,11 +74,10 @@ def _check_request(cfg: DictConfig) -> Path:
             "nothing to export: set run_dir=outputs/<date>/<time> or adapter=path/to/adapter.safetensors "
             "(or base=true with a model= config for the base alone)"
         )
-    out = Path(cfg.output)
-    if not cfg.overwrite:
-        taken = [p for p in (out, card_path(out, cfg.format)) if p.is_file() or (p.is_dir() and any(p.iterdir()))]
-        if taken:
-            raise ExportError(f"{taken[0]} exists; choose another output or set overwrite=true")
+    out, one_file = Path(cfg.output), cfg.format in FILE_FORMATS
+    check_output(out, "output", folder=not one_file, overwrite=cfg.overwrite)
+    if one_file:  # the card goes beside the file
+        check_output(card_path(out, cfg.format), "output", folder=False, overwrite=cfg.overwrite)
     return out
 
 

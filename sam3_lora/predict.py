@@ -26,13 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from pycocotools import mask as mask_util
 
+from sam3_lora.core.atomic_files import atomic_write, atomic_write_json
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
+from sam3_lora.core.outputs import check_output
 from sam3_lora.data.image_files import IMAGE_SUFFIXES, is_image_file
 from sam3_lora.data.sam3_dataset import build_transforms, collate
 from sam3_lora.evaluation.detections import predict
-from sam3_lora.pipeline.settings import run_command
+from sam3_lora.pipeline.settings import check_use_settings, run_command
 from sam3_lora.pipeline.tuned import load_tuned, output_dir
 
 log = logging.getLogger("sam3_lora.predict")
@@ -194,17 +196,11 @@ def coco_result(
 
 
 def given_prompts(cfg: DictConfig) -> List[str]:
-    """``prompts=`` as text prompts; [] when not given (the run's categories are then used)."""
+    """``prompts=`` as text prompts (checked by the settings schema); [] when not given (the run's
+    categories are then used)."""
     if cfg.prompts is None:
         return []
-    values = [cfg.prompts] if isinstance(cfg.prompts, str) else list(cfg.prompts)
-    prompts = [str(p).strip() for p in values]
-    if not prompts or not all(prompts):
-        raise PredictError(
-            f"prompts={list(values)!r}: every prompt must be non-empty text; pass e.g. prompts=[person,'hard hat'], "
-            "or leave prompts out to use the run's training categories"
-        )
-    return prompts
+    return [p.strip() for p in ([cfg.prompts] if isinstance(cfg.prompts, str) else cfg.prompts)]
 
 
 def _prompts(given: List[str], tuned) -> List[str]:
@@ -217,6 +213,8 @@ def _prompts(given: List[str], tuned) -> List[str]:
 
 
 def run(cfg: DictConfig) -> Path:
+    check_use_settings(cfg)
+    check_output(cfg.output, "output", folder=True, overwrite=cfg.overwrite)
     given = given_prompts(cfg)
     paths, skipped = collect_images(cfg.images)
     paths, images, undecodable = load_images(paths, bool(cfg.get("stop_on_error")))
@@ -240,12 +238,13 @@ def run(cfg: DictConfig) -> Path:
     for d in detections:
         by_image.setdefault(d["image_id"], []).append(d)
     for i, (path, image) in enumerate(zip(paths, images)):
-        overlay(image, by_image.get(i, []), prompts).save(out / f"{i:04d}_{path.stem}_overlay.png")
+        picture = overlay(image, by_image.get(i, []), prompts)
+        atomic_write(out / f"{i:04d}_{path.stem}_overlay.png", lambda tmp: picture.save(tmp, format="PNG"), 1 << 20)
     result = coco_result(paths, images, detections, prompts)
     result["info"]["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
     result["info"]["adapter_scale"] = tuned.adapter_scale
     result["info"]["answered_by_the_base"] = base_prompts  # concept routing: prompts the adapter was not trained on
-    (out / "predictions.coco.json").write_text(json.dumps(result))
+    atomic_write_json(out / "predictions.coco.json", result, indent=None)
     log.info(
         "%s: %d detections on %d image(s) for prompts %s (score >= %.2f) -> %s%s",
         tuned.describe(),

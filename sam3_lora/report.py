@@ -6,23 +6,27 @@ command rewrites it (after adding runs, say). What goes in it: ``sam3_lora/runs/
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from sam3_lora.runs.sweep_report import SweepReportError, write_report
+from sam3_lora.core.errors import UserError
+from sam3_lora.core.outputs import check_output
+from sam3_lora.core.schema import parse_command_line
+from sam3_lora.pipeline.use_settings import ReportSettings
+from sam3_lora.runs.sweep_report import REPORT_FILES, write_report
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", help="a multirun directory (its runs' results.json are read)")
-    args = ap.parse_args(argv)
+def main(argv=None) -> int:
     try:
-        md = write_report(args.sweep_dir)
-    except SweepReportError as e:
-        sys.exit(f"report: {e}")
+        settings = parse_command_line(ReportSettings, argv, __doc__)
+        check_output(settings.sweep_dir, "sweep_dir", folder=True)
+        md = write_report(settings.sweep_dir)
+    except UserError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
     print(md.read_text())
-    print(f"written: {md}, sweep_report.csv, sweep_report_runs.csv, sweep_report.png")
+    print(f"written: {', '.join(str(md.with_name(name)) for name in REPORT_FILES)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
+from sam3_lora.core.outputs import check_output
 from sam3_lora.data.prepare import prepare_dataset
 from sam3_lora.pipeline import tradeoff
-from sam3_lora.pipeline.settings import run_command
+from sam3_lora.pipeline.settings import check_use_settings, run_command
 from sam3_lora.pipeline.tuned import RunDirError, load_tuned, recorded_dataset, run_config
 
 log = logging.getLogger("sam3_lora.tradeoff")
@@ -48,9 +49,9 @@ def retention_dataset(cfg: DictConfig):
 
 
 def run(cfg: DictConfig):
+    check_use_settings(cfg)
+    check_output(cfg.output or cfg.run_dir, "output", folder=True)
     scales = [float(s) for s in cfg.scales]
-    if any(s < 0 for s in scales) or not scales or not 0 <= cfg.budget:
-        raise TradeOffError(f"scales={list(cfg.scales)} budget={cfg.budget}: scales >= 0 and a budget >= 0")
     tuned = load_tuned(OmegaConf.create({"run_dir": cfg.run_dir, "adapter": None, "merge": False}))
     if tuned.adapter is None or tuned.dataset is None:
         raise RunDirError(f"{cfg.run_dir}: a LoRA training run (an adapter and its dataset) is needed")

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import seed_everything
 from sam3_lora.core.errors import exit_on_user_error
+from sam3_lora.core.outputs import check_output
 from sam3_lora.data.prepare import PreparedDataset, prepare_dataset
 from sam3_lora.evaluation.heldout import Evaluator
 from sam3_lora.evaluation.saco import THRESHOLD_KEY
@@ -58,6 +59,7 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optiona
     that name a sweep point (empty for a single run)."""
     settings = check_settings(cfg)  # every setting, all problems at once, nothing built
     require_ready(cfg.model, settings.dataset)  # base weights and training data are there
+    check_output(run_dir, "hydra.run.dir", folder=True)  # and the run directory can take its files
     info = distributed.init_distributed()
     if not info.is_main:  # rank 0 speaks for the run
         logging.getLogger().setLevel(logging.WARNING)

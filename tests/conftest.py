@@ -107,3 +107,27 @@ def train_interrupted_then_resumed(overrides, run_dir, monkeypatch, at_epoch: in
     assert ckpt.load(Path(run_dir) / ckpt.CHECKPOINT_DIR / ckpt.LAST)["epoch"] == at_epoch
     monkeypatch.setattr(Trainer, "train_epoch", original)
     return train_in_process(overrides, run_dir)
+
+
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_command_prints_a_traceback():
+    """Every ``python -m sam3_lora.<command>`` a test runs and reads the output of, hostile cases
+    included, ends in a clean message: a traceback reaching its user fails the test that ran it."""
+    import subprocess
+
+    communicate = subprocess.Popen.communicate
+
+    def checked(self, *args, **kwargs):
+        out, err = communicate(self, *args, **kwargs)
+        command = self.args if isinstance(self.args, (list, tuple)) else [self.args]
+        if any(str(a).startswith("sam3_lora.") for a in command):
+            text = "".join(t.decode(errors="replace") if isinstance(t, bytes) else t for t in (out, err) if t)
+            assert _TRACEBACK not in text, f"{' '.join(map(str, command))[:300]} printed a traceback:\n{text[-3000:]}"
+        return out, err
+
+    subprocess.Popen.communicate = checked
+    yield
+    subprocess.Popen.communicate = communicate

@@ -27,7 +27,7 @@ from sam3_lora.lora import AdapterError, LoraConfig, inject_lora, load_adapter, 
 from sam3_lora.lora.inject import base_weights_fingerprint
 from sam3_lora.models import BaseCheckpointError, build_model
 from sam3_lora.models.sam3_layout import save_sam3_checkpoint
-from sam3_lora.pipeline.settings import model_builders
+from sam3_lora.pipeline.settings import ConfigError, model_builders
 from sam3_lora.pipeline.tuned import RunDirError, load_tuned
 from sam3_lora.predict import PredictError
 
@@ -349,7 +349,7 @@ def test_predict_on_a_folder_without_images_names_what_is_there(run, tmp_path):
 @pytest.mark.parametrize("prompts", ["[]", "['']", "['cat','  ']", "''"])
 def test_empty_prompts_are_refused(prompts, run, toy_root, tmp_path):
     cfg = compose_command("predict", run_dir=run, images=toy_root / "test", prompts=prompts, output=tmp_path / "p")
-    with pytest.raises(PredictError, match=r"prompts=.*non-empty text; pass e.g. prompts=\[person"):
+    with pytest.raises(ConfigError, match=r"prompts=.*each non-empty text, e.g. prompts=\[person"):
         predict_cmd.run(cfg)
     assert not (tmp_path / "p").exists()
 

@@ -26,6 +26,7 @@ from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora.data import toy
 from sam3_lora.evaluation.saco import METRIC_KEYS, SCORE_KEYS, THRESHOLDS, SacoEvaluation, saco_evaluate
 from sam3_lora.pipeline.results import results_table
+from sam3_lora.pipeline.settings import ConfigError
 from sam3_lora.runs.results import RunResults
 
 SIZE = 64
@@ -474,5 +475,5 @@ def test_evaluate_reports_sa_co_metrics_with_the_threshold_chosen_on_valid(run_w
 
 
 def test_evaluate_refuses_a_threshold_outside_zero_one(tmp_path):
-    with pytest.raises(evaluate_cmd.ThresholdError, match=r"score_threshold=1.5: a detection score in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"score_threshold=1.5: a detection score in \[0, 1\]"):
         evaluate_cmd.evaluate(compose_command("evaluate", run_dir=tmp_path, score_threshold=1.5))

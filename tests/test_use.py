@@ -19,6 +19,7 @@ from sam3_lora import evaluate as evaluate_cmd
 from sam3_lora import export as export_cmd
 from sam3_lora import predict as predict_cmd
 from sam3_lora.data import toy
+from sam3_lora.core.outputs import OutputError
 from sam3_lora.lora import AdapterError, load_adapter, lora_modules
 from sam3_lora.lora.peft_format import PeftExportError
 from sam3_lora.models import build_model
@@ -84,7 +85,7 @@ def test_merged_export_loads_through_sam3_loader_with_same_predictions(trained_r
     _assert_same_predictions(_outputs(merged, batch), _outputs(tuned.model, batch))
     ckpt = torch.load(out, weights_only=False)
     assert all(k.startswith("detector.") for k in ckpt["model"])
-    with pytest.raises(export_cmd.ExportError, match="exists"):  # never overwritten silently
+    with pytest.raises(OutputError, match="already exists.*overwrite=true"):  # never overwritten silently
         export_cmd.export(compose_command("export", run_dir=trained_run, output=out))
 
 
@@ -177,7 +178,7 @@ def test_predict_with_stop_on_error_refuses_undecodable_images_before_writing(tr
 def test_predict_never_writes_into_an_existing_output(trained_run, toy_root, tmp_path):
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "keep.txt").write_text("earlier results")
-    with pytest.raises(RunDirError, match="already holds files"):
+    with pytest.raises(OutputError, match="already exists.*overwrite=true"):
         predict_cmd.run(
             compose_command("predict", run_dir=trained_run, images=toy_root / "test", output=tmp_path / "pred")
         )

@@ -8,13 +8,16 @@ Temporary files of writes that were killed are removed with ``remove_stale_temp_
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,13 +30,14 @@ class WriteError(UserError, RuntimeError):
     """A file that could not be written (the previous version, if any, is intact)."""
 
 
-def _nbytes(obj: Any) -> int:
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (a tensor, or dicts and lists of them): about what saving it writes."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
+        return sum(tensor_bytes(v) for v in obj)
     return 0
 
 
@@ -105,12 +109,28 @@ def atomic_write(path, write: Callable[[Path], None], nbytes: int, errors: Tuple
     return path
 
 
+def atomic_write_text(path, text: str) -> Path:
+    """A text file (JSON, a table, a card) through ``atomic_write``."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), len(data))
+
+
+def atomic_write_json(path, obj: Any, indent: Optional[int] = 1) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def atomic_write_csv(path, rows: Iterable[Sequence[Any]]) -> Path:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return atomic_write_text(path, text.getvalue())
+
+
 def atomic_save(obj: Any, path) -> Path:
     """``torch.save`` through ``atomic_write``: nothing half-written survives."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), _nbytes(obj))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), tensor_bytes(obj))
 
 
-_TEMP_FILE = re.compile(r"^\..+\.(pt|safetensors)\.[^.]+\.tmp$")
+_TEMP_FILE = re.compile(r"^\..+\.(pt|safetensors|json|txt|md|csv|png|yaml|lock)\.[^.]+\.tmp$")
 
 
 def remove_stale_temp_files(*folders: Path) -> List[Path]:

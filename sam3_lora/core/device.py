@@ -8,12 +8,27 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sam3_lora.core.schema import Valid
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto``: the first CUDA GPU when there is one, else the CPU; otherwise the device named."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def is_device_name(value) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: what ``resolve_device`` takes."""
+    if value == "auto":
+        return True
+    try:
+        return torch.device(value).type in ("cpu", "cuda") and (torch.device(value).index or 0) < 1024
+    except (RuntimeError, TypeError):
+        return False
+
+
+DEVICE_NAME = Valid(is_device_name, "auto, cpu, cuda or cuda:N")
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:

@@ -31,13 +31,24 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
 
 
+# The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_CODE = 130
+
+
 def exit_on_user_error(fn):
-    """Decorator for entry points: a UserError becomes one logged message and exit code 2."""
+    """Decorator for entry points: a UserError becomes one logged message and exit code 2; Ctrl-C
+    (where training does not catch it to save first, or pressed twice) one message and code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            logging.getLogger("sam3_lora").error(
+                "stopped by Ctrl-C. Every file is written whole or not at all: what was written before is intact "
+                "(a training run resumes from its last checkpoint when the same command runs again)"
+            )
+            sys.exit(INTERRUPTED_EXIT_CODE)
         except Exception as e:  # noqa: BLE001 - anything else keeps its traceback
             cause = find_user_error(e)
             if cause is None:

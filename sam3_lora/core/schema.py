@@ -12,16 +12,25 @@ added with ``+key=value`` that no dataclass declares. Every problem reads
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
+from sam3_lora.core.errors import UserError
+
 # Keys Hydra reads from a config node; they are no settings.
 HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "_args_")
 # A value only the user (or a preset) can give: OmegaConf's MISSING, '???' in YAML.
 REQUIRED = "???"
+# Limits every setting keeps whatever its own range: no value this large is a real setting, and each
+# would otherwise reach torch, numpy or the file system (an allocation, a seed, a path) and fail there.
+LARGEST_INT = 2**31 - 1
+LARGEST_NUMBER = 1e12
+LONGEST_TEXT = 4096
+LONGEST_LIST = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,12 @@ class Valid:
             return False
 
     def message(self, value: Any) -> str:
-        return self.says(value) if callable(self.says) else self.says
+        if not callable(self.says):
+            return self.says
+        try:
+            return self.says(value)
+        except Exception:  # noqa: BLE001 - a message about a value it was not written for
+            return "not a valid value"
 
 
 def setting(
@@ -93,11 +107,39 @@ def one_of(*choices: Any, optional: bool = False) -> Valid:
     )
 
 
-def show(value: Any) -> str:
-    """A value as a command line would write it (``-1`` rather than ``-1.0``)."""
+def show(value: Any, longest: int = 60) -> str:
+    """A value as a command line would write it (``-1`` rather than ``-1.0``), cut to ``longest``."""
+    text = f"{value:g}" if isinstance(value, float) else repr(value)
+    if isinstance(value, (list, tuple)) and len(value) > 5:
+        text = f"[{', '.join(show(v, 20) for v in value[:3])}, ... ({len(value)} items)]"
+    return text if len(text) <= longest else f"{text[: longest - 5]}...{text[-2:]} ({len(text)} characters)"
+
+
+def out_of_bounds(value: Any) -> Optional[str]:
+    """What is wrong with a value that no setting takes (too large, not finite, empty text), or None.
+    Lists are checked item by item; mappings are sections, checked by their own schema."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= LARGEST_INT else f"too large (at most {LARGEST_INT} in size)"
     if isinstance(value, float):
-        return f"{value:g}"
-    return repr(value)
+        if not math.isfinite(value):
+            return "not a finite number"
+        return None if abs(value) <= LARGEST_NUMBER else f"too large (at most {LARGEST_NUMBER:g} in size)"
+    if isinstance(value, str):
+        if not value.strip():
+            return "empty: give a value (or null, where the setting allows it)"
+        if "\x00" in value:
+            return "holds a NUL character"
+        return None if len(value) <= LONGEST_TEXT else f"too long (at most {LONGEST_TEXT} characters)"
+    if isinstance(value, (list, tuple)):
+        if len(value) > LONGEST_LIST:
+            return f"too long (at most {LONGEST_LIST} items)"
+        for item in value:
+            wrong = out_of_bounds(item)
+            if wrong:
+                return f"an item is {wrong}"
+    return None
 
 
 def _nested(kind: Any) -> Optional[type]:
@@ -118,28 +160,37 @@ def problems(schema: type, values: Mapping[str, Any], key: str) -> List[str]:
     declared = {f.name: f for f in fields(schema)}
     types = typing.get_type_hints(schema)
     unknown = [k for k in values if k not in declared and k not in HYDRA_KEYS]
+    of = f"the keys of {key}" if key else "the command's keys"
     for k in unknown:
-        found.append(
-            f"{key}.{k}: unknown key (the keys of {key}: {', '.join(n for n in declared if n not in HYDRA_KEYS)})"
-        )
+        found.append(f"{dotted(key, k)}: unknown key ({of}: {', '.join(n for n in declared if n not in HYDRA_KEYS)})")
     for name, f in declared.items():
         if name in HYDRA_KEYS:
             continue
+        where = dotted(key, name)
         if name not in values:
-            found.append(f"{key}.{name}: missing key (set {key}.{name}=...)")
+            found.append(f"{where}: missing key (set {where}=...)")
             continue
         value = values[name]
         nested = _nested(types[name])
         if nested is not None and isinstance(value, Mapping):
-            found += problems(nested, value, f"{key}.{name}")
+            found += problems(nested, value, where)
             continue
+        wrong = None if isinstance(value, Mapping) else out_of_bounds(value)
         valid = f.metadata.get("valid")
-        if valid is not None and not valid(value):
-            found.append(f"{key}.{name}={show(value)}: {valid.message(value)}")
+        if wrong:  # what the setting takes (when its range refuses the value too), and why no setting takes it
+            takes = valid is not None and not valid(value)
+            found.append(f"{where}={show(value)}: " + (f"{valid.message(value)} ({wrong})" if takes else wrong))
+        elif valid is not None and not valid(value):
+            found.append(f"{where}={show(value)}: {valid.message(value)}")
     relations = getattr(schema, "relation_problems", None)
     if relations is not None and not found:
         found += relations(values, key)
     return found
+
+
+def dotted(key: str, name: str) -> str:
+    """``key.name``; ``name`` alone at a command's top level (``key`` empty)."""
+    return f"{key}.{name}" if key else name
 
 
 def documented(schema: type) -> Sequence[str]:
@@ -158,6 +209,27 @@ def run_name_exclusions(schema: type, key: str) -> List[str]:
         elif nested is not None:
             out += run_name_exclusions(nested, f"{key}.{f.name}")
     return out
+
+
+class SettingsError(UserError, ValueError):
+    """Command-line settings that cannot work, each with its key, value and what is valid."""
+
+
+def parse_command_line(schema: type, argv: Optional[Sequence[str]], description: str) -> Any:
+    """A plain (non-Hydra) command's settings from ``argv``, by its schema: required fields are
+    positional, the others ``--name value``; checked like every config section. Raises
+    :class:`SettingsError` listing every problem."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(schema):
+        if f.default is MISSING or f.default == REQUIRED:
+            parser.add_argument(f.name, help=f.metadata.get("doc"))
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default, help=f.metadata["doc"])
+    values = vars(parser.parse_args(argv))
+    found = problems(schema, values, "")
+    if found:
+        raise SettingsError("invalid settings (nothing was read or written):\n- " + "\n- ".join(found))
+    return schema(**values)
 
 
 def with_target(cls: type, target: Optional[type] = None) -> type:

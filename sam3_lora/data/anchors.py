@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from PIL import Image
 
+from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import Split
 from sam3_lora.data.image_files import is_image_file
@@ -82,7 +83,7 @@ def write_anchor_split(records: Sequence[dict], folder: Path, vocabulary: Sequen
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ANCHORS_FILE
-    path.write_text(json.dumps(coco))
+    atomic_write_json(path, coco, indent=None)
     return Split(str(path), str(folder))
 
 

@@ -26,6 +26,7 @@ from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.stop_signals import ignore_stop_signals
 from sam3_lora.data.config import Split
 from sam3_lora.data.validate import DataValidationError
 
@@ -289,4 +290,5 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=functools.partial(collate, with_masks=training),
         drop_last=training,
+        worker_init_fn=ignore_stop_signals,
     )

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from sam3_lora.core.atomic_files import atomic_write_json
 
 CATEGORIES = ("circle", "square", "triangle", "star", "cross")
 DOMAIN_CONCEPTS = {"base": ("circle", "square", "triangle"), "shifted": ("circle", "square", "star", "cross")}
@@ -171,11 +172,9 @@ def generate(root, domain: str = "base", seed: int = 0, size: int = 128, splits:
             "annotations": annotations,
             "categories": own if split == "train" else every,
         }
-        tmp = folder / f".{ANNOTATIONS}.tmp"
-        tmp.write_text(json.dumps(coco))
-        os.replace(tmp, folder / ANNOTATIONS)
+        atomic_write_json(folder / ANNOTATIONS, coco, indent=None)
     stamp = {"domain": domain, "seed": seed, "size": size, "splits": splits, "version": GENERATOR_VERSIONS[domain]}
-    (root / "toy.json").write_text(json.dumps(stamp))
+    atomic_write_json(root / "toy.json", stamp, indent=None)
     return root
 
 

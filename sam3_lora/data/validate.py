@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
 
 MAX_LISTED = 10  # per kind of problem; the count says how many more
@@ -451,8 +451,5 @@ def usable_annotations(ann_file, cleaned: Optional[dict], out_dir: Path, split: 
     if cleaned is None:
         return str(ann_file)
     out = cleaned_path(out_dir, split)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic: a crash never leaves half a file
-    tmp.write_text(json.dumps(cleaned))
-    os.replace(tmp, out)
+    atomic_write_json(out, cleaned, indent=None)  # a crash never leaves half a file
     return str(out)

@@ -16,6 +16,9 @@ from typing import Dict, List, Mapping, Optional
 
 import yaml
 
+from sam3_lora.core.atomic_files import atomic_write_text
+from sam3_lora.core.documents import Either, Fields, Kind, ListOf, Nullable, read_config, read_yaml, require_shape
+from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
 from sam3_lora.runs.results import DatasetFacts, RunResults
 from sam3_lora.tuning import LoraTuning, TuningMethod, method_of_record
@@ -42,6 +45,21 @@ METRICS = (
     ("saco/IL_MCC", "IL_MCC"),
     ("saco/IL_FPR", "IL_FPR (lower is better)"),
 )
+
+
+# What a card reads of a run's .hydra/ files (the rest is the training's business).
+_RUN_CONFIG_FACTS = Fields(
+    {
+        "model": Nullable(Fields({"name": Nullable(Kind(str)), "checkpoint_path": Nullable(Kind(str))})),
+        "seed": Nullable(Either(Kind(int), Kind(str))),  # a string: an interpolation that does not resolve here
+    }
+)
+_OVERRIDES = Nullable(ListOf(Kind(str)))  # Hydra's overrides.yaml: the command line's key=value list
+RUN_RECORD_FIX = "Hydra writes the .hydra/ files when a training run starts: restore them from the run, or delete them"
+
+
+class RunRecordError(UserError, ValueError):
+    """A run directory's .hydra/ record that is unreadable or not as Hydra writes it."""
 
 
 @dataclass
@@ -72,11 +90,12 @@ class RunFacts:
         facts = cls(run_dir=run_dir)
         config_path = layout.hydra_config(run_dir)
         if config_path.is_file():
-            loaded = OmegaConf.load(config_path)
+            loaded = read_config(config_path, "run config", RUN_RECORD_FIX, RunRecordError)
             try:
                 cfg = OmegaConf.to_container(loaded, resolve=True)
             except Exception:  # noqa: BLE001 - an environment-dependent interpolation: keep it as written
                 cfg = OmegaConf.to_container(loaded, resolve=False)
+            require_shape(cfg, _RUN_CONFIG_FACTS, config_path, "run config", RUN_RECORD_FIX, RunRecordError)
             model = cfg.get("model") or {}
             facts.model_name = model.get("name")
             facts.model_option = model_option(facts.model_name) if facts.model_name else None
@@ -85,7 +104,8 @@ class RunFacts:
             facts.seed = cfg.get("seed")
         overrides = run_dir / layout.HYDRA_OVERRIDES
         if overrides.is_file():
-            facts.command = train_command(yaml.safe_load(overrides.read_text()) or [])
+            recorded = read_yaml(overrides, "overrides record", RUN_RECORD_FIX, _OVERRIDES, RunRecordError)
+            facts.command = train_command(recorded or [])
         if (run_dir / layout.RESULTS).is_file():
             r = RunResults.read(run_dir)
             facts.trainable_parameters = r.trainable_parameters
@@ -171,7 +191,7 @@ class ModelCard:
 
     def write(self, path) -> Path:
         path = Path(path)
-        path.write_text(self.render())
+        atomic_write_text(path, self.render())
         return path
 
 

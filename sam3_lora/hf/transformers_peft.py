@@ -18,7 +18,6 @@ Nothing is approximated: names and shapes are checked against an empty Sam3Model
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Tuple
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 import sam3_lora.models.transformers_keymap as keymap
+from sam3_lora.core.atomic_files import atomic_write, atomic_write_json, tensor_bytes, written_together
 from sam3_lora.core.errors import UserError
 from sam3_lora.hf.transformers_config import sam3_config
 from sam3_lora.hf.transformers_model import SAFETENSORS_METADATA, empty_sam3_model, own_storage
@@ -151,7 +151,11 @@ def save_transformers_peft(model: nn.Module, size: SAM3Size, out_dir, base_model
 
     config, tensors, left_out = transformers_peft_adapter(model, size, base_model_name_or_path)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
-    save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata=SAFETENSORS_METADATA)
+    with written_together():  # the config and its weights land together
+        atomic_write_json(out_dir / ADAPTER_CONFIG, config)
+        atomic_write(
+            out_dir / ADAPTER_WEIGHTS,
+            lambda tmp: save_file(tensors, str(tmp), metadata=SAFETENSORS_METADATA),
+            tensor_bytes(tensors),
+        )
     return left_out

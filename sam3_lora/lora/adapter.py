@@ -23,9 +23,10 @@ from torch import nn
 
 from sam3_lora.core.atomic_files import atomic_write
 from sam3_lora.core.conf import model_option
+from sam3_lora.core.documents import Fields, FiniteNumber, Kind, ListOf, MapOf, Nullable, Shape, parse_json_text
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.finite import require_finite
-from sam3_lora.lora.config import LoraConfig
+from sam3_lora.lora.config import LoraConfig, LoraConfigError
 from sam3_lora.lora.inject import adapter_state_dict, base_fingerprint, base_weights_fingerprint, inject_lora
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,36 @@ FORMAT_VERSION = "1"
 
 class AdapterError(UserError, ValueError):
     """An adapter file that is unreadable, not an adapter, or does not fit the model."""
+
+
+# The metadata values that are JSON documents, as save_adapter writes them: (key, shape, default).
+_NAMES = ListOf(Kind(str))
+_LORA_CONFIG = Fields(
+    {
+        "rank": Kind(int),
+        "alpha": FiniteNumber(),
+        "dropout": FiniteNumber(),
+        "use_rslora": Kind(bool),
+        "targets": _NAMES,
+        "parts": _NAMES,
+        "target_regex": Nullable(Kind(str)),
+        "modules_to_save": _NAMES,
+    },
+    required=("rank", "alpha"),
+)
+_JSON_METADATA: Dict[str, tuple] = {
+    "lora_config": (_LORA_CONFIG, None),
+    "targets": (MapOf(_NAMES), None),  # adapted module -> its updates (slices or attention roles)
+    "modules_to_save": (_NAMES, "[]"),
+    "versions": (MapOf(Kind(str)), "{}"),
+}
+METADATA_FIX = "It was not written by sam3_lora's save_adapter, or was edited since: use the run's own adapter file"
+
+
+def _json_metadata(text: str, key: str, shape: Shape, path):
+    """One metadata value, a JSON document of ``shape``; errors name the file and the key."""
+    where = f"{path} (metadata '{key}')"
+    return parse_json_text(text, where, "adapter metadata value", METADATA_FIX, shape, AdapterError)
 
 
 def _version(package: str) -> str:
@@ -79,18 +110,27 @@ class AdapterInfo:
                 f"{path} is not a sam3_lora adapter (no '{FORMAT}' metadata). A SAM3 checkpoint goes in "
                 "model.checkpoint_path; a PEFT adapter directory is not loaded here."
             )
+        required = [k for k, (_, default) in _JSON_METADATA.items() if default is None] + ["base_fingerprint"]
+        missing = [k for k in required if k not in meta]
+        if missing:
+            raise AdapterError(f"{path}: adapter metadata is incomplete: no {', '.join(missing)}. {METADATA_FIX}")
+        values = {
+            key: _json_metadata(meta.get(key, default), key, shape, path)
+            for key, (shape, default) in _JSON_METADATA.items()
+        }
         try:
-            return cls(
-                config=LoraConfig.from_dict(json.loads(meta["lora_config"])),
-                targets=json.loads(meta["targets"]),
-                modules_to_save=json.loads(meta.get("modules_to_save", "[]")),
-                base_model=meta.get("base_model", "unknown"),
-                base_fingerprint=meta["base_fingerprint"],
-                versions=json.loads(meta.get("versions", "{}")),
-                base_weights_fingerprint=meta.get("base_weights_fingerprint"),
-            )
-        except (KeyError, json.JSONDecodeError) as e:
-            raise AdapterError(f"{path}: adapter metadata is incomplete or corrupt ({e!r})") from e
+            config = LoraConfig.from_dict(values["lora_config"])
+        except LoraConfigError as e:
+            raise AdapterError(f"{path} (metadata 'lora_config'): {e}. {METADATA_FIX}") from e
+        return cls(
+            config=config,
+            targets=values["targets"],
+            modules_to_save=values["modules_to_save"],
+            base_model=meta.get("base_model", "unknown"),
+            base_fingerprint=meta["base_fingerprint"],
+            versions=values["versions"],
+            base_weights_fingerprint=meta.get("base_weights_fingerprint"),
+        )
 
 
 def save_adapter(model: nn.Module, path, base_model: str) -> Path:
@@ -124,7 +164,8 @@ def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
-        info = AdapterInfo.from_metadata(meta, path)
+            info = AdapterInfo.from_metadata(meta, path)
+            _require_tensors_fit_metadata(info, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, path)
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise AdapterError(
@@ -133,6 +174,30 @@ def read_adapter(path) -> tuple[AdapterInfo, Dict[str, torch.Tensor]]:
         ) from e
     require_finite(tensors, path, "adapter")
     return info, tensors
+
+
+def _require_tensors_fit_metadata(info: AdapterInfo, shapes: Dict[str, tuple], path) -> None:
+    """The metadata's LoRA layout is the file's tensors: an A (rank x in) and a B (out x rank) per
+    update it lists, at its rank, and nothing else but modules_to_save weights. Checked before
+    anything is allocated from the metadata (inject_lora builds rank-sized matrices)."""
+    rank, found = info.config.rank, []
+    lora_names = set()
+    for module, updates in info.targets.items():
+        for update in updates:
+            for matrix, rank_dim in (("lora_A", 0), ("lora_B", 1)):
+                name = f"{module}.lora.{update}.{matrix}"
+                lora_names.add(name)
+                shape = shapes.get(name)
+                if shape is None:
+                    found.append(f"no tensor {name} (metadata 'targets' lists it)")
+                elif len(shape) != 2 or shape[rank_dim] != rank:
+                    found.append(f"{name} has shape {shape}, not rank {rank} (metadata 'lora_config')")
+    saved = tuple(f"{m}." for m in info.modules_to_save)
+    extra = sorted(n for n in shapes if n not in lora_names and not n.startswith(saved))
+    if extra:
+        found.append(f"tensors the metadata does not list: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    if found:
+        raise AdapterError(f"{path}: metadata and tensors disagree: {'; '.join(found[:5])}. {METADATA_FIX}")
 
 
 def _model_flag(base_model: str) -> str:

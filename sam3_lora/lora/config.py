@@ -119,9 +119,14 @@ class LoraConfig:
 
     @staticmethod
     def relation_problems(values, key: str) -> List[str]:
-        if not values.get("targets") and not values.get("target_regex"):
-            return [f"{key}.targets=[]: empty, and no {key}.target_regex is set; choose from {', '.join(TARGETS)}, all"]
-        return []
+        if values.get("target_regex"):
+            return []  # the regex alone names modules
+        found = []
+        if not values.get("targets"):
+            found.append(f"{key}.targets=[]: empty, and no {key}.target_regex is set; choose from {', '.join(TARGETS)}, all")
+        if not values.get("parts"):
+            found.append(f"{key}.parts=[]: empty, and no {key}.target_regex is set; choose from {', '.join(PARTS)}, all")
+        return found
 
     @property
     def scale(self) -> float:

@@ -12,7 +12,6 @@ partial adapter is asked for.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -20,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from sam3_lora.core.atomic_files import atomic_write, atomic_write_json, tensor_bytes, written_together
 from sam3_lora.core.errors import UserError
 from sam3_lora.lora.config import LoraConfig
 from sam3_lora.lora.inject import lora_modules
@@ -108,7 +108,7 @@ def save_peft_adapter(model: nn.Module, out_dir, allow_partial: bool = False) ->
 
     config, tensors, left_out = peft_adapter(model, allow_partial)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
-    save_file(tensors, str(out_dir / ADAPTER_WEIGHTS))
+    with written_together():  # the config and its weights land together
+        atomic_write_json(out_dir / ADAPTER_CONFIG, config)
+        atomic_write(out_dir / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)), tensor_bytes(tensors))
     return left_out

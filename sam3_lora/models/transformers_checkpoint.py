@@ -10,7 +10,6 @@ transformers install needed). Nothing in the folder is executed.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 import sam3_lora.models.transformers_keymap as keymap
+from sam3_lora.core.documents import Fields, Kind, MapOf, Nullable, read_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.finite import require_finite
 
@@ -34,6 +34,9 @@ TRACKER_REASON = "the video tracker (Sam3VideoModel), not part of the image mode
 # Top-level modules of Sam3Model: how a bare model.safetensors is told from other safetensors files.
 SAM3_MODEL_MODULES = ("vision_encoder.", "text_encoder.", "detr_encoder.", "detr_decoder.", "mask_decoder.")
 SAM3_MODEL_TYPES = ("sam3", "sam3_video")
+INDEX_SHAPE = Fields({"weight_map": MapOf(Kind(str))}, required=("weight_map",))  # tensor name -> shard file
+CONFIG_SHAPE = Fields({"model_type": Nullable(Kind(str))})
+DOWNLOAD_AGAIN = "Download or export the checkpoint again (a transformers SAM3 folder as save_pretrained writes it)"
 
 
 class TransformersCheckpointError(UserError, ValueError):
@@ -64,10 +67,14 @@ def weight_files(path) -> Optional[List[Path]]:
             return weight_files(path / WEIGHTS_INDEX)
         return [path / WEIGHTS] if (path / WEIGHTS).is_file() else None
     if path.is_file() and path.name.endswith(".index.json"):
-        try:
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise TransformersCheckpointError(f"{path} is not a safetensors index (no weight_map: {e})") from e
+        index = read_json(path, "safetensors index", DOWNLOAD_AGAIN, INDEX_SHAPE, TransformersCheckpointError)
+        shards = sorted(set(index["weight_map"].values()))
+        folder = path.parent.resolve()
+        outside = [s for s in shards if not (path.parent / s).resolve().is_relative_to(folder)]
+        if outside:  # a shard is a file of this checkpoint, never one elsewhere on the machine
+            raise TransformersCheckpointError(
+                f"{path} lists shards outside its folder: {outside[:5]}. {DOWNLOAD_AGAIN}"
+            )
         missing = [s for s in shards if not (path.parent / s).is_file()]
         if missing:
             raise TransformersCheckpointError(f"{path} lists shards that are not beside it: {missing}")
@@ -81,10 +88,9 @@ def _check_config(folder: Path) -> None:
     config = folder / CONFIG
     if not config.is_file():
         return
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as e:
-        raise TransformersCheckpointError(f"{config} is not a readable transformers config ({e})") from e
+    model_type = read_json(
+        config, "transformers config", DOWNLOAD_AGAIN, CONFIG_SHAPE, TransformersCheckpointError
+    ).get("model_type")
     if model_type not in SAM3_MODEL_TYPES:
         raise TransformersCheckpointError(
             f"{config} describes a '{model_type}' model, not SAM3 ({' or '.join(SAM3_MODEL_TYPES)}); "

@@ -7,7 +7,6 @@ written before training, so a resumed run reuses them rather than scoring a mode
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -15,14 +14,37 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from sam3_lora.core.atomic_files import atomic_write_json
+from sam3_lora.core.documents import Fields, Kind, ListOf, Nullable, read_json
+from sam3_lora.core.errors import UserError
 from sam3_lora.data.prepare import PreparedDataset
 from sam3_lora.evaluation.heldout import HeldoutScore, HeldoutScorer
 from sam3_lora.runs import layout
-from sam3_lora.runs.results import metric_change
+from sam3_lora.runs.results import METRICS, metric_change
 
 TARGET, RETENTION = "target", "retention"
 # How the tuned model's threshold on the target's held-out split came about (training's validations).
 RECORDED = "recorded at its best validation evaluation (chosen on 'valid')"
+# heldout_<role>.json, as ScoredDataset.write leaves it.
+_NOTES = Nullable(ListOf(Kind(str)))
+SCORES_SHAPE = Fields(
+    {
+        "dataset": Kind(str),
+        "split": Kind(str),
+        **{k: Nullable(METRICS) for k in ("base", "tuned", "base_valid", "tuned_valid")},
+        "base_notes": _NOTES,
+        "tuned_notes": _NOTES,
+    },
+    required=("dataset", "split"),
+)
+SCORES_FIX = (
+    "It keeps the frozen base's held-out scores of an earlier session of this run (a resumed run reuses them); "
+    "delete it and the base is scored again"
+)
+
+
+class ScoresFileError(UserError, ValueError):
+    """A heldout_<role>.json that is unreadable or not what a run writes there."""
 
 
 @dataclass
@@ -55,12 +77,19 @@ class ScoredDataset:
     scores_base: bool  # the target's base only with final_eval.compare_base; the retention's always
 
     def read(self) -> Scores:
-        if self.path.is_file():
-            return Scores(**json.loads(self.path.read_text()))
-        return Scores(self.scorer.data.name, self.scorer.split)
+        if not self.path.is_file():
+            return Scores(self.scorer.data.name, self.scorer.split)
+        values = read_json(self.path, f"{self.role} held-out scores file", SCORES_FIX, SCORES_SHAPE, ScoresFileError)
+        scored = (self.scorer.data.name, self.scorer.split)
+        if (values["dataset"], values["split"]) != scored:  # another dataset's base scores are not this one's
+            raise ScoresFileError(
+                f"{self.path}: holds the scores of dataset '{values['dataset']}' split '{values['split']}', this run "
+                f"scores '{scored[0]}' split '{scored[1]}'. {SCORES_FIX}"
+            )
+        return Scores(**{k: v for k, v in values.items() if k in SCORES_SHAPE.fields})
 
     def write(self, scores: Scores) -> None:
-        self.path.write_text(json.dumps(vars(scores), indent=1))
+        atomic_write_json(self.path, vars(scores))
 
 
 def scored_datasets(

@@ -30,6 +30,7 @@ from sam3_lora.data.prompt_lists import PromptListError, read_prompt_list
 from sam3_lora.lora import LoraConfig
 from sam3_lora.models.config import ModelSettings
 from sam3_lora.pipeline.toy_base import ToyBaseSettings
+from sam3_lora.pipeline.use_settings import USE_SCHEMAS, USE_SECTIONS
 from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.distill import DistillConfig
 from sam3_lora.training.keeping import KeepingMethod
@@ -91,6 +92,7 @@ SCHEMAS = {
     "constant_schema": ConstantSettings,
     "step_schema": StepSettings,
     "logger_schema": LoggerSettings,
+    **USE_SCHEMAS,
 }
 MODEL_SCHEMAS = (ModelSettings, ToyBaseSettings)
 # The sections checked against their schema, in the order problems are listed.
@@ -98,7 +100,6 @@ CHECKED = (
     "trainer",
     "optimizer",
     "scheduler",
-    "final_eval",
     "lora",
     "dataset",
     "retention",
@@ -231,18 +232,9 @@ class RunSettings:
 def check_settings(cfg: DictConfig) -> RunSettings:
     """Every setting of a composed training config checked, then the typed settings; a
     :class:`ConfigError` lists every problem at once."""
-    missing = _missing_keys(cfg)
-    if missing:  # ??? in a config: a value only the user can give
-        raise ConfigError(
-            "invalid settings (nothing was built or read yet):\n- "
-            + "\n- ".join(f"{key} is required: set {key}=... on the command line" for key in missing)
-        )
-    try:  # every ${...} must resolve: the run records (and compares on resume) the resolved config
-        values = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
-    found = [line for key in CHECKED for line in _section_problems(cfg, values, key)]
+    values = _resolved(cfg)
+    found = problems(TrainSchema, values, "")  # seed, final_eval, and keys no group declares
+    found += [line for key in CHECKED for line in _section_problems(cfg, values, key)]
     found += [] if found else _relation_problems(values)
     built = {}
     if not found:
@@ -260,6 +252,35 @@ def check_settings(cfg: DictConfig) -> RunSettings:
         tuning=built["lora"],
         final_eval=FinalEval(**values["final_eval"]),
     )
+
+
+def check_use_settings(cfg: DictConfig) -> None:
+    """Every setting of a composed use command's config (``evaluate``, ``predict``, ``export``,
+    ``tradeoff``) checked against its schema before anything is loaded; a :class:`ConfigError`
+    lists every problem at once."""
+    values = _resolved(cfg)
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"{schema}: the command's YAML names no schema (its defaults start with `- <command>_schema`)")
+    found = problems(schema, values, "")
+    found += [line for key in USE_SECTIONS if key in values for line in _section_problems(cfg, values, key)]
+    if found:
+        raise ConfigError("invalid settings (nothing was loaded or written):\n- " + "\n- ".join(found))
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The config as plain values, after every ``???`` was given and every ``${...}`` resolved."""
+    missing = _missing_keys(cfg)
+    if missing:  # ??? in a config: a value only the user can give
+        raise ConfigError(
+            "invalid settings (nothing was built or read yet):\n- "
+            + "\n- ".join(f"{key} is required: set {key}=... on the command line" for key in missing)
+        )
+    try:  # every ${...} must resolve: the run records (and compares on resume) the resolved config
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}: cannot be resolved ({str(e).splitlines()[0]}); set {key}= explicitly") from e
 
 
 def _missing_keys(node: DictConfig, prefix: str = "") -> List[str]:

@@ -10,8 +10,6 @@ stays within the budget; the held-out figures are reported, never used to choose
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -19,6 +17,13 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from sam3_lora.core.atomic_files import (
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    written_together,
+)
 from sam3_lora.data.prepare import PreparedDataset
 from sam3_lora.evaluation.heldout import HeldoutScorer, score_split
 from sam3_lora.lora import set_adapter_scale
@@ -86,19 +91,16 @@ def scan(
 
 def write(result: TradeOff, out_dir: Path) -> Dict[str, Path]:
     """``tradeoff.json`` / ``.csv`` / ``.md`` / ``.png`` in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {kind: out_dir / f"tradeoff.{kind}" for kind in ("json", "csv", "md", "png")}
-    files["json"].write_text(json.dumps({**asdict(result), "base": asdict(result.base)}, indent=1))
-    with open(files["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["scale", *(f"target_{k}" for k in COLUMNS), *(f"retention_{k}" for k in COLUMNS), "retention_valid_drop"]
-        )
-        for p in result.points:
-            w.writerow(
-                [p.scale, *(p.target.get(k) for k in COLUMNS), *(p.retention.get(k) for k in COLUMNS), result.drop(p)]
-            )
-    files["md"].write_text(markdown(result))
+    header = ["scale", *(f"target_{k}" for k in COLUMNS), *(f"retention_{k}" for k in COLUMNS), "retention_valid_drop"]
+    rows = [
+        [p.scale, *(p.target.get(k) for k in COLUMNS), *(p.retention.get(k) for k in COLUMNS), result.drop(p)]
+        for p in result.points
+    ]
+    with written_together():
+        atomic_write_json(files["json"], {**asdict(result), "base": asdict(result.base)})
+        atomic_write_csv(files["csv"], [header, *rows])
+        atomic_write_text(files["md"], markdown(result))
     plot([result], files["png"])
     return files
 
@@ -149,5 +151,5 @@ def plot(curves: Sequence[TradeOff], path: Path, labels: Optional[Sequence[str]]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), 1 << 20)
     plt.close(fig)

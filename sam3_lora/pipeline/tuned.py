@@ -14,7 +14,6 @@ this package registers (``sam3_lora.tuning.records``).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
-from yaml import YAMLError
 
+from sam3_lora.core.documents import Fields, Kind, ListOf, read_config, read_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
 from sam3_lora.lora import AdapterInfo, merge_lora, set_adapter_scale
@@ -42,6 +41,15 @@ log = logging.getLogger(__name__)
 
 class RunDirError(UserError, ValueError):
     """A run directory without what a finished training run leaves behind."""
+
+
+RUN_CONFIG_FIX = (
+    "Restore it from the training run (Hydra writes it at launch), or pass model= and adapter= instead of run_dir="
+)
+# A training split's annotation file, as far as concept routing reads it.
+_CATEGORY_NAMES = Fields(
+    {"categories": ListOf(Fields({"name": Kind(str)}, required=("name",)))}, required=("categories",)
+)
 
 
 @dataclass
@@ -73,7 +81,9 @@ class Tuned:
                 "concept routing needs the tuned model's training categories: its dataset's train split "
                 f"({split.ann_file if split is not None else 'none recorded'}) is not there"
             )
-        names = {c["name"] for c in json.loads(Path(split.ann_file).read_text())["categories"]}
+        fix = "Restore the run's training data."
+        coco = read_json(split.ann_file, "COCO annotation file", fix, _CATEGORY_NAMES, RunDirError, max_bytes=None)
+        names = {c["name"] for c in coco["categories"]}
         return names | set(self.dataset.negative_prompt_names())
 
 
@@ -86,11 +96,8 @@ def run_config(run_dir) -> DictConfig:
     path = run_config_path(run_dir)
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a training run directory (no {path.relative_to(run_dir)})")
-    try:
-        cfg = OmegaConf.load(path)
-    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path} is not a readable run config ({e}); restore it from the training run") from e
-    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("model"), DictConfig):
+    cfg = read_config(path, "run config", RUN_CONFIG_FIX, RunDirError)
+    if not isinstance(cfg.get("model"), DictConfig):
         raise RunDirError(f"{path} has no 'model' section; it was not written by sam3_lora.train")
     return cfg
 

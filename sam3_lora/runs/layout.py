@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
+from sam3_lora.core.atomic_files import atomic_write_text
+
 HYDRA_CONFIG = ".hydra/config.yaml"  # the composed settings, as Hydra saved them at launch
 HYDRA_OVERRIDES = ".hydra/overrides.yaml"
 # Hydra rewrites these on every launch; a refused launch puts the accepted run's back.
@@ -52,5 +54,5 @@ def hydra_record(run_dir) -> Dict[str, str]:
 def restore_hydra_record(run_dir, files: Dict[str, str]) -> List[str]:
     """Write a saved record back (a refused launch overwrote it); the names written."""
     for name, text in files.items():
-        (Path(run_dir) / name).write_text(text)
+        atomic_write_text(Path(run_dir) / name, text)
     return list(files)

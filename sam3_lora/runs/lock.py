@@ -17,6 +17,7 @@ heartbeat and stops at the next step, before writing anything more.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -26,8 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
+from sam3_lora.core.atomic_files import WriteError, atomic_write_text
 from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
+
+log = logging.getLogger(__name__)
 
 
 class RunDirectoryBusy(UserError, RuntimeError):
@@ -175,10 +179,14 @@ class RunDirectoryLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(me), f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(me), f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk, say: no half-written lock stays behind to block the next try
+            self.path.unlink(missing_ok=True)
+            raise WriteError(f"could not write {self.path} ({e}); nothing else was written") from e
         return True
 
     def _move_aside(self, holder: Optional[Owner]) -> None:
@@ -209,8 +217,19 @@ class RunDirectoryLock:
         )
 
     def _beat(self) -> None:
+        failing = False
         while not self._stop.wait(self.beat_every_s):
-            self.heartbeat()
+            try:
+                self.heartbeat()
+                failing = False
+            except WriteError as e:  # the run goes on; its own saves say so if the disk stays full
+                if not failing:
+                    log.warning(
+                        "the run directory's heartbeat could not be written (%s); training goes on, but after "
+                        "trainer.stale_lock_s without one another training may take the directory over",
+                        e,
+                    )
+                failing = True
 
     def heartbeat(self) -> None:
         """Refresh the heartbeat, or notice that another training took the lock over."""
@@ -219,9 +238,7 @@ class RunDirectoryLock:
             self.lost = holder.describe() if holder is not None else "the lock file was removed"
             return
         self.owner.heartbeat = time.time()
-        tmp = self.path.with_name(f".{layout.LOCK}.{self.owner.token}.tmp")
-        tmp.write_text(json.dumps(asdict(self.owner)))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(asdict(self.owner)))
 
     def check(self) -> None:
         """Stop (before anything more is written) when the lock was taken over."""

@@ -13,12 +13,94 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from sam3_lora.core.atomic_files import atomic_write_json
+from sam3_lora.core.documents import (
+    Anything,
+    Either,
+    Fields,
+    FiniteNumber,
+    Kind,
+    ListOf,
+    MapOf,
+    Nullable,
+    read_json,
+    require_shape,
+)
+from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
 
 # The tuned model's key in ``results``, by tuning method (sam3_lora/tuning/ takes them from here).
 LORA_LABEL = "lora"
 FULL_FINE_TUNING_LABEL = "finetuned"
 TUNED_LABELS = (LORA_LABEL, FULL_FINE_TUNING_LABEL)  # the package's own; a method of yours adds its label
+
+# What a results.json must hold where it is read; a missing optional figure is null or absent.
+METRICS = MapOf(FiniteNumber())  # flat held-out metrics: {"segm/AP": 0.41, ...}; COCO's -1 for undefined
+_NUMBER, _COUNT, _TEXT = Nullable(FiniteNumber()), Nullable(Kind(int)), Nullable(Kind(str))
+_DATASET = Fields(
+    {
+        "name": Kind(str),
+        "root": Kind(str),
+        "splits": MapOf(Fields({"images": Kind(int), "annotations": Kind(int)}, required=("images", "annotations"))),
+        "categories": ListOf(Kind(str)),
+    },
+    required=("name", "root"),
+)
+_RETENTION = Fields(
+    {
+        "dataset": Kind(str),
+        "split": Kind(str),
+        "base": Nullable(METRICS),
+        "tuned": Nullable(METRICS),
+        "change": Nullable(METRICS),
+        "valid": Nullable(Fields({"base": METRICS, "tuned": METRICS}, required=("base", "tuned"))),
+    },
+    required=("dataset", "split"),
+)
+# preserve=distill's record, as the model card shows it; another keeping method's record is its own.
+_DISTILL_RECORD = Fields(
+    {
+        "vocabulary": Either(Kind(str), ListOf(Kind(str))),
+        "anchor_batch": Kind(int),
+        "images": Kind(str),
+        "weight": FiniteNumber(),
+    },
+    required=("vocabulary", "anchor_batch", "images", "weight"),
+)
+_SCALE_POINT = Fields(
+    {"scale": FiniteNumber(), "target": METRICS, "retention": METRICS}, required=("scale", "target", "retention")
+)
+RESULTS_SHAPE = Fields(
+    {
+        "results": MapOf(Nullable(METRICS)),
+        "heldout_split": _TEXT,
+        "tuning": Nullable(Fields({"label": _TEXT, "config": Nullable(MapOf(Anything()))})),
+        "wall_time_s": _NUMBER,
+        "trainable_parameters": _COUNT,
+        "best_val": _NUMBER,
+        "images_per_s": _NUMBER,
+        "peak_memory_gb": _NUMBER,
+        "world_size": Nullable(Kind(int)),
+        "overrides": _TEXT,
+        "seed": _COUNT,
+        "step_time_s": _NUMBER,
+        "dataset": Nullable(_DATASET),
+        "notes": Nullable(ListOf(Kind(str))),
+        "retention": Nullable(_RETENTION),
+        "trunk_cache": Nullable(MapOf(Nullable(FiniteNumber()))),
+        "preserve": Nullable(MapOf(Anything())),
+        "adapter_scales": Nullable(ListOf(_SCALE_POINT)),
+    },
+    required=("results",),
+)
+RESULTS_FIX = (
+    "results.json is written when a training run finishes: a half-written or hand-edited one is not its run's "
+    "record. Re-run the training (it resumes from its checkpoints), or delete the file to leave the run out"
+)
+
+
+class ResultsFileError(UserError, ValueError):
+    """A results.json that is unreadable, or holds something other than what a finished run writes."""
 
 
 def metric_change(base: Mapping[str, float], tuned: Mapping[str, float]) -> Dict[str, float]:
@@ -58,7 +140,7 @@ class DatasetFacts:
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> Optional["DatasetFacts"]:
-        return cls(**d) if d else None
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}) if d else None
 
     @property
     def label(self) -> str:
@@ -115,7 +197,7 @@ class RunResults:
 
     def write(self, run_dir) -> Path:
         path = Path(run_dir) / layout.RESULTS
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_json(path, self.to_dict())
         return path
 
     @classmethod
@@ -124,7 +206,9 @@ class RunResults:
         path = Path(path)
         if path.is_dir():
             path = path / layout.RESULTS
-        d = json.loads(path.read_text())
+        d = read_json(path, "results.json", RESULTS_FIX, RESULTS_SHAPE, ResultsFileError)
+        if "vocabulary" in (d.get("preserve") or {}):
+            require_shape(d, Fields({"preserve": _DISTILL_RECORD}), path, "results.json", RESULTS_FIX, ResultsFileError)
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known and v is not None}
         values["dataset"] = DatasetFacts.from_dict(d.get("dataset"))

@@ -18,7 +18,6 @@ Files, beside the runs: ``sweep_report.md`` (the table and what it shows), ``swe
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
@@ -30,9 +29,11 @@ from typing import Dict, List, Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sam3_lora.core.atomic_files import atomic_write, atomic_write_csv, atomic_write_text, written_together
+from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
 from sam3_lora.runs.renames import current_override
-from sam3_lora.runs.results import RunResults, metric_change
+from sam3_lora.runs.results import RESULTS_FIX, ResultsFileError, RunResults, metric_change
 
 log = logging.getLogger("sam3_lora.report")
 
@@ -66,7 +67,7 @@ LABELS = {
 }
 
 
-class SweepReportError(ValueError):
+class SweepReportError(UserError, ValueError):
     """No finished run to report on."""
 
 
@@ -110,15 +111,18 @@ def read_run(results_file: Path) -> Run:
     for column, key in TARGET:
         run.values[column] = r.tuned.get(key)
     # From the scores, not the stored "change": one rule for every results.json however old.
-    source_change = metric_change(r.retention["base"], r.retention["tuned"]) if r.retention else {}
+    retention = r.retention or {}
+    source_change = metric_change(retention.get("base") or {}, retention.get("tuned") or {})
     for column, key in SOURCE:
         run.values[column] = source_change.get(key)
     run.values["trainable_parameters"] = r.trainable_parameters
     run.values["step_time_s"] = r.step_time_s
     run.values["valid_target_best"] = r.best_val
-    valid = (r.retention or {}).get("valid")
-    run.values["valid_source_change_segm_AP"] = valid and valid["tuned"]["segm/AP"] - valid["base"]["segm/AP"]
-    source_base = (r.retention or {}).get("base") or {}
+    valid = retention.get("valid") or {}
+    valid_change = metric_change(valid.get("base") or {}, valid.get("tuned") or {})
+    run.values["valid_source_change_segm_AP"] = valid_change.get("segm/AP")
+    source_base = retention.get("base") or {}
+    _require_curve_figures(r, source_base, results_file)
     for point in r.adapter_scales or []:
         run.curve[point["scale"]] = {
             **{f"target_{k}_AP": point["target"][f"{k}/AP"] for k in ("bbox", "segm")},
@@ -130,17 +134,50 @@ def read_run(results_file: Path) -> Run:
     return run
 
 
+def _require_curve_figures(r: RunResults, source_base: Dict[str, float], results_file: Path) -> None:
+    """The figures each adapter-scale point is drawn from: there, or the run's file is named."""
+    keys = ("bbox/AP", "segm/AP")
+    lacking = [
+        f"adapter_scales[{i}].{part} has no {key!r}"
+        for i, point in enumerate(r.adapter_scales or [])
+        for part in ("target", "retention")
+        for key in keys
+        if key not in point[part]
+    ]
+    if r.adapter_scales:
+        lacking += [
+            f"retention.base has no {key!r} (the adapter_scales curve is drawn against it)"
+            for key in keys
+            if key not in source_base
+        ]
+    if lacking:
+        raise ResultsFileError(f"{results_file}: not a usable results.json: {'; '.join(lacking[:5])}. {RESULTS_FIX}")
+
+
 def _numbers_as_numbers(path: Path) -> list:
     """Sort key: 'preserve.weight=3' before 'preserve.weight=10' (the digits in a run's name compared as numbers)."""
     parts = re.split(r"(\d+(?:\.\d+)?)", path.parent.name)
     return [float(part) if i % 2 else part for i, part in enumerate(parts)]
 
 
-def collect(sweep_dir: Path) -> List[Run]:
-    """Every finished run, its setup named by the overrides that vary across the sweep."""
-    runs = [read_run(p) for p in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"), key=_numbers_as_numbers)]
+def collect(sweep_dir: Path, left_out: Optional[List[str]] = None) -> List[Run]:
+    """Every finished run, its setup named by the overrides that vary across the sweep.
+
+    A run whose results.json cannot be read (half-written by a crash, edited, another program's) is
+    left out of the figures, never silently: it is logged and added to ``left_out``, which the report
+    prints under its table. With none readable, the report is refused, naming them."""
+    runs, unreadable = [], []
+    for path in sorted(Path(sweep_dir).glob(f"*/{layout.RESULTS}"), key=_numbers_as_numbers):
+        try:
+            runs.append(read_run(path))
+        except UserError as e:
+            log.warning("sweep report: left out %s", e)
+            unreadable.append(str(e))
+    if left_out is not None:
+        left_out.extend(unreadable)
     if not runs:
-        raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}")
+        found = f"; unreadable: {' | '.join(unreadable)}" if unreadable else ""
+        raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}{found}")
     parts = [set(_override_parts(r.setup)) for r in runs]
     shared = set.intersection(*parts) if len(runs) > 1 else set()
     for run in runs:
@@ -262,7 +299,8 @@ def distillation_findings(rows: List[SetupRow]) -> List[str]:
     return lines
 
 
-def markdown(rows: List[SetupRow]) -> str:
+def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
+    """The report's table and notes; ``left_out``: the runs whose results.json could not be read."""
     figures = [LABELS[c] for c, _ in TARGET + SOURCE]
     head = "| " + " | ".join(["setup", "n", *figures, "trainable", "s / step"]) + " |"
     lines = [head, "|" + "---|" * (len(figures) + 4)]
@@ -296,27 +334,39 @@ def markdown(rows: List[SetupRow]) -> str:
         "(0..1; the SAM3 paper prints x100); IL_FPR: the share of prompts of absent concepts answered with a "
         "detection (lower is better). Mean ± std over the seeds (n); a figure fewer seeds recorded says its own n.",
     ]
-    return "\n".join(lines + notes + ([""] + found if found else [])) + "\n"
+    skipped = [
+        "",
+        f"Left out: {len(left_out)} run(s) whose {layout.RESULTS} could not be read; every figure above is "
+        "without them:",
+        "",
+        *(f"- {reason}" for reason in left_out),
+    ]
+    return "\n".join(lines + notes + ([""] + found if found else []) + (skipped if left_out else [])) + "\n"
+
+
+REPORT_FILES = ("sweep_report.md", "sweep_report.csv", "sweep_report_runs.csv", "sweep_report.png")
 
 
 def write_report(sweep_dir) -> Path:
     """Write the report files into ``sweep_dir``; returns the Markdown file."""
     sweep_dir = Path(sweep_dir)
-    runs = collect(sweep_dir)
+    left_out: List[str] = []
+    runs = collect(sweep_dir, left_out)
     rows = aggregate(runs)
-    md = sweep_dir / "sweep_report.md"
-    md.write_text(markdown(rows))
-    with open(sweep_dir / "sweep_report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std"))])
-        for r in rows:
-            writer.writerow([r.setup, len(r.seeds), *(x for c in FIGURES for x in (r.mean[c], r.std[c]))])
-    with open(sweep_dir / "sweep_report_runs.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", "setup", "seed", *FIGURES])
-        for run in runs:
-            writer.writerow([run.path.name, run.setup, run.seed, *(run.values[c] for c in FIGURES)])
-    plot(rows, sweep_dir / "sweep_report.png")
+    md, setups, per_run, png = (sweep_dir / name for name in REPORT_FILES)
+    with written_together():
+        atomic_write_text(md, markdown(rows, left_out))
+        atomic_write_csv(
+            setups,
+            [["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std"))]]
+            + [[r.setup, len(r.seeds), *(x for c in FIGURES for x in (r.mean[c], r.std[c]))] for r in rows],
+        )
+        atomic_write_csv(
+            per_run,
+            [["run", "setup", "seed", *FIGURES]]
+            + [[run.path.name, run.setup, run.seed, *(run.values[c] for c in FIGURES)] for run in runs],
+        )
+    plot(rows, png)
     return md
 
 
@@ -356,7 +406,7 @@ def plot(rows: List[SetupRow], path: Path) -> None:
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the points, never on them
     fig.suptitle("what each setup gains on the target domain and loses on the source domain (mean ± std)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), 1 << 20)
     plt.close(fig)
 
 
@@ -368,7 +418,7 @@ class WriteSweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             md = write_report(sweep_dir)
-        except SweepReportError as e:
+        except UserError as e:  # the runs are done and kept; only the table is missing
             log.warning("no sweep report: %s", e)
             return
         log.info("\n%s\nsweep report: %s (.csv, _runs.csv, .png)", md.read_text(), md)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Hashable, List, Optional, Tuple
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sam3_lora.core.atomic_files import atomic_save
 from sam3_lora.sam3_compat.module_paths import trunk_of
 from sam3_lora.speed.forward_wrapper import unwrap_forward, wrap_forward
 
@@ -169,9 +169,7 @@ def _write_entry(path: Path, features: List[Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     blobs = [f.contiguous().view(torch.uint8).reshape(-1) for f in features]
     digest = hashlib.sha256(b"".join(b.numpy().tobytes() for b in blobs)).hexdigest()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"features": features, "sha256": digest, "bytes": sum(b.numel() for b in blobs)}, tmp)
-    os.replace(tmp, path)
+    atomic_save({"features": features, "sha256": digest, "bytes": sum(b.numel() for b in blobs)}, path)
 
 
 def _read_entry(path: Path) -> Optional[List[Tensor]]:

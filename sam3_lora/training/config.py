@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from sam3_lora.core.device import DEVICE_NAME
 from sam3_lora.core.schema import Valid, at_least, number_in, one_of, positive, setting
 from sam3_lora.evaluation.coco_ap import STAT_NAMES
 from sam3_lora.evaluation.saco import SCORE_KEYS
@@ -12,17 +13,6 @@ from sam3_lora.evaluation.saco import SCORE_KEYS
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # COCOeval's stats, then the SA-Co scores (saco/IL_MCC, bbox/pmF1, bbox/cgF1, segm/pmF1, segm/cgF1).
 BEST_METRICS = tuple(f"{kind}/{stat}" for kind in ("bbox", "segm") for stat in STAT_NAMES) + SCORE_KEYS
-
-
-def _is_device(value) -> bool:
-    if value == "auto":
-        return True
-    import torch
-
-    try:
-        return torch.device(value).type in ("cpu", "cuda")
-    except (RuntimeError, TypeError):
-        return False
 
 
 @dataclass
@@ -91,6 +81,4 @@ class TrainerConfig:
         "old (seconds); on the same host a dead owner is seen at once",
         at_least(60),
     )
-    device: str = setting(
-        "auto", "auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N", Valid(_is_device, "auto, cpu, cuda or cuda:N")
-    )
+    device: str = setting("auto", "auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N", DEVICE_NAME)

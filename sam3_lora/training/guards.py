@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.core.stop_signals import STOP_SIGNALS
 from sam3_lora.runs.lock import RunDirectoryLock, RunDirectoryLost
 from sam3_lora.training import distributed
 from sam3_lora.training.distributed import DistInfo
@@ -43,9 +44,6 @@ class Preempted(UserError, RuntimeError):
 # A micro-batch's outcome, ordered by severity (the worst over the ranks decides for all).
 FINITE, NON_FINITE_LOSS, NON_FINITE_PREDICTIONS = 0, 1, 2
 
-# SLURM's warning before a time limit or preemption (submitit uses USR2, plain sbatch
-# --signal often USR1) and the SIGTERM that precedes a kill.
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 
 class Divergence:
@@ -120,6 +118,10 @@ class Interruptions:
 
     def install_signal_handlers(self) -> None:
         def record(signum, frame):  # act at the next step boundary, where the state is consistent
+            if signum == signal.SIGINT and self.received == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C twice: stop now, without saving this step
+            if signum == signal.SIGINT:
+                log.warning("Ctrl-C: saving at the end of this step, then stopping (Ctrl-C again: stop at once)")
             self.received = signum
 
         for sig in STOP_SIGNALS:
@@ -163,7 +165,7 @@ class Interruptions:
         )
         previous = self._previous_handlers.get(signum)
         self.restore_signal_handlers()
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:  # that one only raises KeyboardInterrupt
             previous(signum, None)
         raise Preempted(
             f"stopped by {name} at epoch {run.epoch + 1}, step {run.step}; the state is saved in "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from sam3_lora.core.atomic_files import atomic_write_text
 from sam3_lora.core.schema import one_of, setting
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class WandbLogger:
 
         id_file = Path(run_dir) / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
-        id_file.write_text(run_id)
+        atomic_write_text(id_file, run_id)
         self.run = wandb.init(
             project=project,
             entity=entity,

@@ -10,7 +10,6 @@ leaves files and score as they were.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Callable, Dict, Optional
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sam3_lora.core.atomic_files import WriteError, atomic_save, written_together
+from sam3_lora.core.atomic_files import WriteError, atomic_save, atomic_write_json, written_together
 from sam3_lora.runs import layout
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training.step_log import SessionThroughput
@@ -155,7 +154,7 @@ class RunState:
         return value if improved else self.best
 
     def write_history(self) -> None:
-        (self.run_dir / layout.METRICS).write_text(json.dumps(self.history, indent=1))
+        atomic_write_json(self.run_dir / layout.METRICS, self.history)
 
     def save(self, metrics: Optional[Dict[str, float]], mid_epoch: bool) -> None:
         try:
