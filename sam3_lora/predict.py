@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import colorsys
 import glob
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,8 +206,7 @@ def _prompts(given: List[str], tuned) -> List[str]:
     if given:
         return given
     if tuned.dataset is not None and tuned.dataset.train.exists():
-        cats = json.loads(Path(tuned.dataset.train.ann_file).read_text())["categories"]
-        return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+        return tuned.dataset.train.category_names("Restore the run's training data, or pass prompts=[...]", PredictError)
     raise PredictError("no prompts: pass prompts=[...] (e.g. prompts=[person,'hard hat'])")
 
 

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.config import Split
 from sam3_lora.hf.model_card import RunFacts
 from sam3_lora.lora import LoraConfig, inject_lora, load_adapter, read_adapter, save_adapter
 from sam3_lora.models import build_model
@@ -240,8 +241,7 @@ def test_heldout_scores_as_written_read_back(tmp_path):
 def test_concept_routing_refuses_a_truncated_annotation_file(tmp_path):
     ann = tmp_path / "train.json"
     ann.write_text('{"images": [], "categories": [{"name": "do')
-    split = SimpleNamespace(ann_file=str(ann), exists=lambda: True)
-    dataset = SimpleNamespace(train=split, negative_prompt_names=lambda: [])
+    dataset = SimpleNamespace(train=Split(str(ann), str(tmp_path)), negative_prompt_names=lambda: [])
     tuned = Tuned(model=None, model_cfg=None, dataset=dataset, adapter=None, info=None)
     _refused(tuned.tuned_concepts, names=(ann,))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from sam3_lora.core.documents import DocumentError, Fields, Kind, ListOf, read_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import HYDRA_KEYS, REQUIRED, Valid, at_least, is_int, number_in, one_of, problems, setting
 from sam3_lora.data.prompt_lists import is_prompt_list, read_prompt_list
@@ -25,6 +26,12 @@ class DatasetConfigError(UserError, ValueError):
     """A ``dataset`` section with missing or unknown keys, or values out of range."""
 
 
+# What is read of a COCO file for its category names (the rest is data validation's: data/validate.py).
+_CATEGORY_NAMES = Fields(
+    {"categories": ListOf(Fields({"name": Kind(str)}, required=("name",)))}, required=("categories",)
+)
+
+
 @dataclass
 class Split:
     """One split of a COCO dataset: the annotation file and the folder its file_names are relative to."""
@@ -34,6 +41,12 @@ class Split:
 
     def exists(self) -> bool:
         return Path(self.ann_file).is_file()
+
+    def category_names(self, fix: str, error=DocumentError) -> List[str]:
+        """The names of the split's categories, in id order, read and checked (``fix``: what the
+        message tells the user to do when the file cannot be read)."""
+        coco = read_json(self.ann_file, "COCO annotation file", fix, _CATEGORY_NAMES, error, max_bytes=None)
+        return [c["name"] for c in sorted(coco["categories"], key=lambda c: c.get("id", 0))]
 
 
 def _roboflow(split: str) -> Split:

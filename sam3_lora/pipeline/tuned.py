@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sam3_lora.core.documents import Fields, Kind, ListOf, read_config, read_json
+from sam3_lora.core.documents import read_config
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig, DatasetConfigError
 from sam3_lora.lora import AdapterInfo, merge_lora, set_adapter_scale
@@ -47,10 +47,6 @@ RUN_CONFIG_FIX = (
     "Restore it from the training run (Hydra writes it at launch), or pass model= and adapter= instead of run_dir="
 )
 # A training split's annotation file, as far as concept routing reads it.
-_CATEGORY_NAMES = Fields(
-    {"categories": ListOf(Fields({"name": Kind(str)}, required=("name",)))}, required=("categories",)
-)
-
 
 @dataclass
 class Tuned:
@@ -81,10 +77,8 @@ class Tuned:
                 "concept routing needs the tuned model's training categories: its dataset's train split "
                 f"({split.ann_file if split is not None else 'none recorded'}) is not there"
             )
-        fix = "Restore the run's training data."
-        coco = read_json(split.ann_file, "COCO annotation file", fix, _CATEGORY_NAMES, RunDirError, max_bytes=None)
-        names = {c["name"] for c in coco["categories"]}
-        return names | set(self.dataset.negative_prompt_names())
+        names = split.category_names("Restore the run's training data.", RunDirError)
+        return set(names) | set(self.dataset.negative_prompt_names())
 
 
 def run_config_path(run_dir) -> Path:

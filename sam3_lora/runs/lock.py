@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from sam3_lora.core.atomic_files import WriteError, atomic_write_text
+from sam3_lora.core.documents import Fields, FiniteNumber, Kind, MapOf, Nullable
 from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
 
@@ -126,11 +127,31 @@ def read_owner(run_dir) -> Optional[Owner]:
     return _read(Path(run_dir) / layout.LOCK)
 
 
+# What a lock file must hold to be believed; one that does not is treated as unreadable.
+_OWNER_SHAPE = Fields(
+    {
+        "host": Kind(str),
+        "pid": Kind(int),
+        "started": FiniteNumber(),
+        "heartbeat": FiniteNumber(),
+        "token": Kind(str),
+        "pid_start": Nullable(Kind(str)),
+        "slurm_job": Nullable(Kind(str)),
+        "hydra_files": MapOf(Kind(str)),
+    },
+    required=("host", "pid", "started", "heartbeat", "token"),
+)
+
+
 def _read(path: Path) -> Optional[Owner]:
+    """The lock's owner, or None when there is no lock or it is half-written or not one of ours."""
     try:
-        return Owner(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if _OWNER_SHAPE.problems(values, ""):
+        return None
+    return Owner(**{k: v for k, v in values.items() if k in Owner.__dataclass_fields__})
 
 
 class RunDirectoryLock:

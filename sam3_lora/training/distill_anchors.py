@@ -4,7 +4,6 @@ settings: ``distill.py``; the term: ``distill_loss.py``; the image lists: ``sam3
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -29,7 +28,8 @@ def anchor_vocabulary(config, target_train: Optional[Split]) -> List[str]:
     names = read_prompt_list(config.vocabulary, "preserve.vocabulary")
     if config.images != TARGET_IMAGES or config.keep_training_categories:
         return names
-    trained = {c["name"].casefold() for c in json.loads(Path(target_train.ann_file).read_text())["categories"]}
+    fix = "Restore the target's training data, or set preserve.images to other anchors"
+    trained = {name.casefold() for name in target_train.category_names(fix, AnchorError)}
     kept = [n for n in names if n.casefold() not in trained]
     if not kept:
         raise AnchorError(
