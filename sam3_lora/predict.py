@@ -30,11 +30,13 @@ from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_device
 from sam3_lora.core.errors import UserError, exit_on_user_error
 from sam3_lora.core.outputs import check_output
+from sam3_lora.data.image_decode import ImageModeError, open_rgb
 from sam3_lora.data.image_files import IMAGE_SUFFIXES, is_image_file
 from sam3_lora.data.sam3_dataset import build_transforms, collate
 from sam3_lora.evaluation.detections import predict
 from sam3_lora.pipeline.settings import check_use_settings, run_command
 from sam3_lora.pipeline.tuned import load_tuned, output_dir
+from sam3_lora.sam3_compat.prompt_tokens import same_prompt_groups
 
 log = logging.getLogger("sam3_lora.predict")
 
@@ -86,10 +88,13 @@ def load_images(paths: Sequence[Path], stop_on_error: bool) -> Tuple[List[Path],
     used, images, bad = [], [], []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+            images.append(open_rgb(p))
             used.append(p)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        except ImageModeError as e:
+            bad.append(Skipped(p, str(e).split(": ", 1)[-1]))
+            if stop_on_error:
+                raise PredictError(f"{e}; nothing was written (stop_on_error=true)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             bad.append(Skipped(p, f"cannot be decoded: {e}"))
             if stop_on_error:
                 raise PredictError(f"{p} cannot be decoded ({e}); nothing was written (stop_on_error=true)") from None
@@ -199,7 +204,14 @@ def given_prompts(cfg: DictConfig) -> List[str]:
     categories are then used)."""
     if cfg.prompts is None:
         return []
-    return [p.strip() for p in ([cfg.prompts] if isinstance(cfg.prompts, str) else cfg.prompts)]
+    prompts = [p.strip() for p in ([cfg.prompts] if isinstance(cfg.prompts, str) else cfg.prompts)]
+    repeated = same_prompt_groups(prompts) + [[p, p] for p in dict.fromkeys(prompts) if prompts.count(p) > 1]
+    if repeated:
+        raise PredictError(
+            f"prompts={prompts!r}: {' and '.join(map(repr, repeated[0]))} are one prompt to the model (sam3's tokenizer "
+            "lowercases, collapses whitespace and keeps the first 30 tokens); give each prompt once"
+        )
+    return prompts
 
 
 def _prompts(given: List[str], tuned) -> List[str]:

@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from PIL import Image
 
 from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import Split
+from sam3_lora.data.image_decode import displayed_size
 from sam3_lora.data.image_files import is_image_file
 
 ANCHORS_FILE = "anchors.coco.json"
@@ -42,8 +42,7 @@ def _folder_images(folder: Path) -> List[dict]:
     images = []
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         try:
-            with Image.open(path) as im:
-                width, height = im.size
+            width, height = displayed_size(path)
         except OSError as e:
             raise AnchorError(
                 f"preserve.images={folder}: {path.name} cannot be read as an image ({e}); remove it from the folder"

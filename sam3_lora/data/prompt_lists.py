@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, List, Sequence
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.sam3_compat.prompt_tokens import first_of_each_prompt
 
 
 class PromptListError(UserError, ValueError):
@@ -26,7 +27,8 @@ def is_prompt_list(value: Any) -> bool:
 
 
 def read_prompt_list(value: Any, key: str) -> List[str]:
-    """The names ``value`` gives (in order, duplicates dropped); ``key`` names the setting in errors."""
+    """The names ``value`` gives (in order; a name that is an earlier one's prompt again, exactly or as sam3's
+    tokenizer reads it, dropped); ``key`` names the setting in errors."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -44,4 +46,4 @@ def read_prompt_list(value: Any, key: str) -> List[str]:
             raise PromptListError(f"{where}: a blank name; every entry must name a concept")
     if not names:
         raise PromptListError(f"{where}: no names; give at least one, or leave {key} unset")
-    return list(dict.fromkeys(names))
+    return first_of_each_prompt(names)  # names sam3's tokenizer reads alike are one prompt, like exact repeats

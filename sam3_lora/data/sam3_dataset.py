@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -26,9 +27,11 @@ from sam3.train.data.sam3_image_dataset import Sam3ImageDataset
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3_lora.core.errors import UserError
-from sam3_lora.core.stop_signals import ignore_stop_signals
+from sam3_lora.core.stop_signals import shield_worker
 from sam3_lora.data.config import Split
+from sam3_lora.data.image_decode import ImageModeError, open_rgb
 from sam3_lora.data.validate import DataValidationError
+from sam3_lora.sam3_compat.prompt_tokens import token_ids
 
 log = logging.getLogger("sam3_lora.data")
 
@@ -72,8 +75,9 @@ class HardNegativeCocoLoader(COCO_FROM_JSON):
     def __init__(self, annotation_file, num_hard_negatives: int = -1, negative_prompts: Sequence[str] = (), **kwargs):
         super().__init__(annotation_file, include_negatives=num_hard_negatives != 0, **kwargs)
         self.num_hard_negatives = num_hard_negatives
-        known = {name.casefold() for name in self._cat_idx_to_text.values()}
-        self.negative_prompts = [n for n in negative_prompts if n.casefold() not in known]
+        # a negative that is a category's prompt as sam3's tokenizer reads it would ask for that category as absent
+        known = {token_ids(name) for name in self._cat_idx_to_text.values()}
+        self.negative_prompts = [n for n in negative_prompts if token_ids(n) not in known]
 
     def loadQueriesAndAnnotationsFromDatapoint(self, idx):
         queries, annotations = super().loadQueriesAndAnnotationsFromDatapoint(idx)
@@ -195,9 +199,21 @@ class StrictImageDataset(Sam3ImageDataset):
         return datapoint
 
     def _load_images(self, datapoint_id, img_ids_to_load=None):
+        """sam3's image loading (the datapoint's images and their metadata), each image decoded by
+        ``data/image_decode.py`` (16-bit, palette, CMYK, alpha, EXIF orientation) instead of PIL's
+        ``convert("RGB")``."""
+        images, metadata = [], []
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # sam3 prints "File not found" before raising
-                return super()._load_images(datapoint_id, img_ids_to_load)
+            for meta in self.coco.loadImagesFromDatapoint(datapoint_id):
+                if img_ids_to_load is not None and meta["id"] not in img_ids_to_load:
+                    continue
+                if self.fix_fname:
+                    meta["file_name"] = meta["file_name"].split("/")[-1]
+                metadata.append(meta)
+                images.append((meta["id"], open_rgb(os.path.join(self.root, meta["file_name"]))))
+            return images, metadata
+        except ImageModeError as e:
+            raise ImageLoadError(f"{self.annFile}: {e}") from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             (meta,) = self.coco.loadImagesFromDatapoint(datapoint_id)
             raise ImageLoadError(
@@ -247,24 +263,6 @@ def collate(batch, with_masks: bool = True):
     return collate_fn_api(batch, dict_key=COLLATE_KEY, with_seg_masks=with_masks)[COLLATE_KEY]
 
 
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start its next epoch part-way through (after a mid-epoch
-    checkpoint), yielding exactly the samples the interrupted epoch had not reached."""
-
-    skip = 0
-
-    def skip_next(self, samples: int) -> None:
-        self.skip = samples
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.skip :]
-        self.skip = 0
-        return iter(indices)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
-
-
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -278,9 +276,9 @@ def build_loader(
 
     The sampler shards across ranks (DDP) and reshuffles per epoch from the seed; workers
     are re-created each epoch and seeded from torch's RNG, which checkpoints save, so a
-    resumed run draws the same augmentations as an uninterrupted one.
+    resumed run draws the same augmentations as an uninterrupted one (``RunState.epoch_batches``).
     """
-    sampler = ResumableSampler(
+    sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=training, seed=seed, drop_last=training
     )
     return DataLoader(
@@ -290,5 +288,5 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=functools.partial(collate, with_masks=training),
         drop_last=training,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=shield_worker,
     )

@@ -37,6 +37,8 @@ from pycocotools import mask as mask_util
 
 from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.image_decode import ImageModeError, open_rgb
+from sam3_lora.sam3_compat.prompt_tokens import same_prompt_groups
 
 MAX_LISTED = 10  # per kind of problem; the count says how many more
 BORDER_TOLERANCE = 0.5  # pixels; exports often round coordinates past the border
@@ -53,6 +55,8 @@ FIXES = {
     "duplicate category ids": "give each category its own id",
     "duplicate category names": "merge or rename the categories: the name is the text prompt, one prompt "
     "cannot mean two categories",
+    "category names that are one prompt": "merge or rename them: sam3's tokenizer lowercases, collapses whitespace "
+    "and keeps the first 30 tokens, so these names give the model the same prompt",
     "invalid annotation entries": 'give each annotation an integer "id" (unique), "image_id" and "category_id"',
     "duplicate annotation ids": "give each annotation its own id",
     "annotations of unknown images": 'correct the image_id, add the image to "images", or delete the annotation',
@@ -286,17 +290,18 @@ def _clean_annotation(ann: dict, im: dict, report: ValidationReport, where: str)
 
 
 def _check_image(path: Path, width: int, height: int) -> Optional[str]:
-    """What is wrong with an image file, decoded exactly as sam3's dataset will (None: nothing)."""
+    """What is wrong with an image file, decoded exactly as training will (None: nothing)."""
     try:
         if not path.is_file():
             return "file not found"
-        with Image.open(path) as im:
-            size = im.size
-            im.convert("RGB")  # decodes every pixel: a truncated file fails here, not mid-training
+        size = open_rgb(path).size  # decodes every pixel: a truncated file fails here, not mid-training
+    except ImageModeError as e:
+        return str(e).split(": ", 1)[-1]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return f"cannot be decoded ({e})"
     if size != (width, height):
-        return f"is {size[0]}x{size[1]} but the JSON says {width}x{height}"
+        turned = " as displayed (its EXIF orientation turns it)" if size == (height, width) else ""
+        return f"is {size[0]}x{size[1]}{turned} but the JSON says {width}x{height}"
     return None
 
 
@@ -363,6 +368,9 @@ def _index_categories(coco: dict, report: ValidationReport) -> Dict[int, dict]:
         else:
             categories[cat["id"]] = cat
             names[cat["name"].strip()] = cat["id"]
+    for group in same_prompt_groups(names):
+        ids = ", ".join(f"{names[n]} {n!r}" for n in group)
+        report.error("category names that are one prompt", f"categories {ids}: sam3's tokenizer reads them alike")
     return categories
 
 

@@ -295,11 +295,17 @@ EXPORT_FORMATS = {
         "sam3",
         [],
         """\
-Full weights in `sam3.pt`'s layout, every LoRA update merged; stock `sam3` loads them (no sam3_lora needed):
+Full weights in `sam3.pt`'s layout, every LoRA update merged; stock `sam3` loads them (no sam3_lora needed).
+The pip `sam3` wheel ships no BPE vocabulary: pass the byte-identical one from `pip install open-clip-torch`:
 
 ```python
+from pathlib import Path
+
+import open_clip
 from sam3.model_builder import build_sam3_image_model
-model = build_sam3_image_model(checkpoint_path="{output}", load_from_HF=False)
+
+bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"  # the file the sam3 wheel leaves out
+model = build_sam3_image_model(checkpoint_path="{output}", bpe_path=str(bpe_path), load_from_HF=False)
 ```""",
     ),
     "peft": (

@@ -6,7 +6,6 @@ forward); a small size trains on a CPU in a fraction of a second per step.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -17,19 +16,7 @@ from sam3_lora.sam3_compat import cpu as cpu_compat
 from sam3_lora.sam3_compat import sdpa_checkpoint
 from sam3_lora.sam3_compat.matcher import FinitePredictionsMatcher, hungarian_matcher
 from sam3_lora.sam3_compat.module_paths import text_encoder_of, trunk_of
-
-
-def default_bpe_path() -> str:
-    """The CLIP BPE vocabulary SAM3's tokenizer needs.
-
-    The sam3 wheel does not ship it; open-clip-torch ships a byte-identical copy.
-    """
-    import open_clip
-
-    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"BPE vocabulary not found at {path}; reinstall open-clip-torch or set model.bpe_path")
-    return str(path)
+from sam3_lora.sam3_compat.prompt_tokens import TEXT_CONTEXT_LENGTH, default_bpe_path
 
 
 def _sine(d_model: int, precompute_resolution: Optional[int] = None):
@@ -134,6 +121,7 @@ def build_sam3_sized(size: SAM3Size, bpe_path: Optional[str] = None, eval_mode: 
         width=s.text_width,
         heads=s.text_heads,
         layers=s.text_layers,
+        context_length=TEXT_CONTEXT_LENGTH,
     )
     backbone = SAM3VLBackbone(visual=neck, text=text, scalp=1)
 

@@ -93,5 +93,39 @@ def install_text_cache(model: nn.Module, max_prompts: int = 4096) -> TextEncodin
     return wrap_forward(encoder, TextEncodingCache, lambda: TextEncodingCache(encoder, max_prompts))
 
 
+def installed_text_cache(model: nn.Module) -> Optional[TextEncodingCache]:
+    current = text_backbone_of(model).__dict__.get("forward")
+    return current if isinstance(current, TextEncodingCache) else None
+
+
+def text_cache_entries(model: nn.Module) -> List[dict]:
+    """The cached prompts' outputs as plain values (a checkpoint keeps them): a resumed run answers
+    each prompt with the very outputs the run it continues had cached, since a prompt encoded in
+    another batch can round differently (module docstring)."""
+    cache = installed_text_cache(model)
+    if cache is None:
+        return []
+    out = []
+    for (tokens, ((device, dtype), scales)), (mask, memory, embeds) in cache.entries.items():
+        dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else None
+        out.append(
+            {"tokens": list(tokens), "device": device, "dtype": dtype_name, "scales": list(scales),
+             "mask": mask.cpu(), "memory": memory.cpu(), "embeds": embeds.cpu()}
+        )  # fmt: skip
+    return out
+
+
+def restore_text_cache_entries(model: nn.Module, entries: List[dict]) -> None:
+    """Put a checkpoint's cached outputs back (when this run caches text too)."""
+    cache = installed_text_cache(model)
+    if cache is None or not entries:
+        return
+    for e in entries:
+        dtype = getattr(torch, e["dtype"]) if e["dtype"] else None
+        key = (tuple(e["tokens"]), ((e["device"], dtype), tuple(e["scales"])))
+        device = torch.device(e["device"]) if e["device"] != "None" else None
+        cache.entries[key] = tuple(t.to(device) if device is not None else t for t in (e["mask"], e["memory"], e["embeds"]))
+
+
 def remove_text_cache(model: nn.Module) -> None:
     unwrap_forward(text_backbone_of(model), TextEncodingCache)

@@ -109,10 +109,11 @@ class Divergence:
 
 class Interruptions:
     """Stop signals and the run directory's lock, acted on at step boundaries, where the state is
-    consistent: a stop signal saves the state and stops; a lost run directory stops without writing."""
+    consistent: a stop signal saves the state (``save()``: a mid-epoch checkpoint) and stops; a lost
+    run directory stops without writing."""
 
-    def __init__(self, *, run: RunState, lock: Optional[RunDirectoryLock], dist: DistInfo):
-        self.run, self.lock, self.dist = run, lock, dist
+    def __init__(self, *, run: RunState, lock: Optional[RunDirectoryLock], dist: DistInfo, save: Callable[[], None]):
+        self.run, self.lock, self.dist, self.save = run, lock, dist, save
         self.received: Optional[int] = None  # the stop signal that arrived, if any
         self._previous_handlers: Dict[int, object] = {}
 
@@ -135,9 +136,9 @@ class Interruptions:
             signal.signal(sig, handler)
         self._previous_handlers.clear()
 
-    def act(self, save: Callable[[], None]) -> None:
+    def act(self) -> None:
         """At a step boundary, every rank alike: stop without writing when the run directory was taken
-        over, save (``save()``: a mid-epoch checkpoint) and stop on a stop signal."""
+        over, save (a mid-epoch checkpoint) and stop on a stop signal."""
         lost = self.lock is not None and self.lock.lost is not None
         interruption = distributed.max_over_ranks(2 if lost else int(self.received is not None), self.dist)
         if interruption == 2:
@@ -145,13 +146,13 @@ class Interruptions:
                 self.lock.check()
             raise RunDirectoryLost(f"{self.run.run_dir} was taken over by another training (see rank 0's message)")
         if interruption == 1:
-            self._stop_for_signal(save)
+            self._stop_for_signal()
 
-    def _stop_for_signal(self, save: Callable[[], None]) -> None:
+    def _stop_for_signal(self) -> None:
         """Save where we are, hand over to whoever else wanted the signal (submitit requeues
         the job from its handler), and stop."""
         signum = self.received or signal.SIGTERM
-        save()
+        self.save()
         distributed.barrier(self.dist)
         name = signal.Signals(signum).name
         run = self.run

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sam3_lora.core.atomic_files import WriteError, atomic_save, atomic_write_json, written_together
 from sam3_lora.runs import layout
+from sam3_lora.speed.text_cache import restore_text_cache_entries, text_cache_entries
 from sam3_lora.training import checkpoint as ckpt
 from sam3_lora.training.step_log import SessionThroughput
 
@@ -57,6 +59,8 @@ class RunState:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.batches_done = 0  # batches of the current epoch already trained (after a mid-epoch save)
+        self.epoch_rng: Optional[dict] = None  # every random stream as the current epoch began
+        self._resumed_rng: Optional[dict] = None  # the streams a mid-epoch checkpoint saved, until replayed
         self.best: Optional[float] = None
         self.pending_best: Optional[float] = None  # an improved score, recorded once its files are written
         self.history: list = []
@@ -77,6 +81,8 @@ class RunState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
+            "epoch_rng": self.epoch_rng,
+            "text_cache": text_cache_entries(self.model),
             "epoch": self.epoch,
             "step": self.step,
             "batches_done": self.batches_done,
@@ -105,12 +111,37 @@ class RunState:
         self._load_schedule(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
+        restore_text_cache_entries(self.model, state.get("text_cache", []))
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.batches_done = state.get("batches_done", 0)
+        if self.batches_done:
+            self.epoch_rng, self._resumed_rng = state.get("epoch_rng"), state["rng"]
         self.history = state.get("history", [])
         self.earlier = {**self.earlier, **state.get("timing", {})}
         log.info("resumed from %s at epoch %d (+%d batches), step %d", path, self.epoch, self.batches_done, self.step)
         return path
+
+    def epoch_batches(self, loader: DataLoader) -> Iterator:
+        """The current epoch's batches from where the run stands.
+
+        After a mid-epoch checkpoint the epoch's start is replayed: the random streams as the epoch
+        began (so the loader seeds its workers alike), the batches already trained loaded again and
+        dropped (so each worker loads what it loaded, and its own stream is where it was), then the
+        streams as saved. With the same ``trainer.num_workers`` the rest of the epoch is the
+        uninterrupted run's, bit for bit on CPU; the replay costs loading those batches once more."""
+        loader.sampler.set_epoch(self.epoch)
+        if not self.batches_done:
+            self.epoch_rng = ckpt.rng_state()
+            return iter(loader)
+        if self.epoch_rng is not None:  # a checkpoint from before epoch_rng was saved: same samples, other draws
+            ckpt.set_rng_state(self.epoch_rng)
+        batches = iter(loader)
+        for _ in range(self.batches_done):
+            next(batches)
+        if self._resumed_rng is not None:
+            ckpt.set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+        return batches
 
     def _load_schedule(self, saved: dict) -> None:
         """The checkpoint's scheduler position; its shape follows this run's config, which may

@@ -64,15 +64,13 @@ class SessionThroughput:
             self.train_s += time.time() - started
 
 
-def epoch_progress(
-    loader: torch.utils.data.DataLoader, epoch: int, batches_done: int, cfg: TrainerConfig, is_main: bool
-):
-    """This epoch's batches (after those a mid-epoch checkpoint already trained), as a live
-    bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it."""
-    loader.sampler.set_epoch(epoch)
-    loader.sampler.skip_next(batches_done * cfg.batch_size)
+def epoch_progress(batches, total: int, epoch: int, batches_done: int, cfg: TrainerConfig, is_main: bool):
+    """This epoch's ``batches`` (after the ``batches_done`` a mid-epoch checkpoint already trained),
+    as a live bar on a terminal; in logs (CI, SLURM) the periodic log lines stand in for it."""
     return tqdm(
-        loader,
+        batches,
+        total=total,
+        initial=batches_done,
         desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
         disable=True if not is_main else None,
         leave=False,

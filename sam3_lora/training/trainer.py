@@ -1,15 +1,16 @@
 """The training loop: SAM3's loss, AMP, accumulation, clipping, evaluation, checkpoints, resume.
 
 ``fit`` -> epochs -> per optimizer step, ``grad_accum`` micro-batches (``_forward_backward``) then
-``_optimizer_step``; after each epoch ``evaluate`` then ``save``. Trains the model it is handed, as it
-is: whatever requires a gradient (the tuning method decided). Made by ``trainer_factory.py``; the
-parts it calls on: ``run_state`` (position, checkpoints, resume), ``guards`` (stop signals, a lost run
-directory, divergence) and ``step_log`` (progress, log lines, throughput).
+``_optimizer_step``; after each epoch ``evaluate`` then ``save``. Trains what requires a gradient in
+the model it is handed (the tuning method decided). Made by ``trainer_factory.py``; its parts:
+``run_state`` (position, checkpoints, resume), ``guards`` (stop signals, a lost run directory,
+divergence) and ``step_log`` (progress, log lines, throughput).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from operator import attrgetter
 from pathlib import Path
@@ -64,15 +65,12 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.model = model
-        self.loss_fn = loss_fn
+        self.model, self.loss_fn = model, loss_fn
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in trainable]
         self.optimizer = make_optimizer(trainable)  # named: per-module learning rates are the optimizer group's
         self.steps_per_epoch = max(1, len(train_loader) // cfg.grad_accum)
-        self.total_steps = cfg.max_epochs * self.steps_per_epoch
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.total_steps = min(cfg.max_epochs * self.steps_per_epoch, cfg.max_steps or 2**62)
         self.scheduler = make_scheduler(self.optimizer, total_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_loader = train_loader
@@ -102,7 +100,8 @@ class Trainer:
         self.divergence = Divergence(
             params=self.params, optimizer=self.optimizer, run=self.run, max_bad_steps=cfg.max_bad_steps
         )
-        self.interruptions = Interruptions(run=self.run, lock=lock, dist=dist_info)
+        mid_epoch_save = functools.partial(self.save, None, mid_epoch=True)
+        self.interruptions = Interruptions(run=self.run, lock=lock, dist=dist_info, save=mid_epoch_save)
 
     # The run's position and scores, held (and checkpointed) by ``self.run``.
     epoch = property(attrgetter("run.epoch"), doc="epochs completed")
@@ -164,7 +163,8 @@ class Trainer:
         the step; then logging, the stop-signal check and the step budget, in that order."""
         self.model.train()
         window = WindowStats()
-        bar = epoch_progress(self.train_loader, self.epoch, self.run.batches_done, self.cfg, self.is_main)
+        batches = self.run.epoch_batches(self.train_loader)
+        bar = epoch_progress(batches, len(self.train_loader), self.epoch, self.run.batches_done, self.cfg, self.is_main)
         losses: Dict[str, torch.Tensor] = {}
         for micro_batches in _accumulation_groups(enumerate(bar, start=self.run.batches_done), self.cfg.grad_accum):
             self.optimizer.zero_grad(set_to_none=True)
@@ -177,7 +177,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.step_log.window(window, losses, bar, lr=lr, step=self.step, epoch=self.epoch)
                 window = WindowStats()
-            self.interruptions.act(save=lambda: self.save(None, mid_epoch=True))
+            self.interruptions.act()
             if self._step_budget_spent():
                 break
 
