@@ -2,7 +2,8 @@
 
 * ``format=merged``: every LoRA update folded into the base weights, saved in sam3.pt's
   layout, so stock sam3 loads it with no sam3_lora installed:
-  ``sam3.model_builder.build_sam3_image_model(checkpoint_path="sam3_tuned.pt", load_from_HF=False)``.
+  ``build_sam3_image_model(checkpoint_path="sam3_tuned.pt", bpe_path=..., load_from_HF=False)``, the BPE
+  file from open-clip-torch (the sam3 wheel ships none; docs/using.md has the snippet).
 * ``format=peft``: Hugging Face PEFT's adapter files on sam3's own modules (see
   ``sam3_lora/lora/peft_format.py`` for what converts exactly and what is refused).
 * ``format=transformers``: the merged model as a transformers folder (``config.json`` +
@@ -113,7 +114,8 @@ def _write(cfg: DictConfig, tuned: Tuned, out: Path) -> Dict[str, str]:
         save_sam3_state(merged_state_dict(tuned.model), out, sam3_lora=provenance)
         log.info(
             "merged %s into %s (%.1f MB); load it with sam3.model_builder.build_sam3_image_model("
-            "checkpoint_path='%s', load_from_HF=False)",
+            "checkpoint_path='%s', bpe_path=<open_clip's bpe_simple_vocab_16e6.txt.gz>, load_from_HF=False) "
+            "(the snippet: docs/using.md)",
             tuned.adapter or "nothing (base=true)",
             out,
             out.stat().st_size / 1e6,

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-
 from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import Split
