@@ -25,10 +25,6 @@ RANDOM_RUN = (
 )
 
 
-def _overrides(toy_root, workers):
-    return tiny_run_overrides(toy_root, *RANDOM_RUN, f"trainer.num_workers={workers}")
-
-
 def _record_losses(patch):
     """Every labelled micro-batch's loss, in the order trained, appended to the list returned."""
     seen = []
@@ -43,8 +39,27 @@ def _record_losses(patch):
     return seen
 
 
-def _stop_after_step(monkeypatch, step):
-    """A stop signal (SIGTERM, as SLURM sends) arriving during optimizer step ``step``."""
+class Trained(Exception):
+    """Training finished: the command stops before scoring the model (half a run's time, and
+    nothing this test compares)."""
+
+
+def _train(overrides, run_dir):
+    original = Trainer.fit
+
+    def fit_then_stop(self):
+        original(self)
+        raise Trained
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "fit", fit_then_stop)
+        with pytest.raises(Trained):
+            train_in_process(overrides, run_dir)
+
+
+def _stopped_by_signal_after(step):
+    """A stop signal (SIGTERM, as SLURM sends) arriving during optimizer step ``step``: the trainer
+    saves a mid-epoch checkpoint at the step's end and raises Preempted."""
     original = Trainer._optimizer_step
 
     def step_then_signal(self):
@@ -52,11 +67,10 @@ def _stop_after_step(monkeypatch, step):
         if self.step == step:
             self.interruptions.received = signal.SIGTERM
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_signal)
-    return original
+    return "_optimizer_step", step_then_signal, Preempted
 
 
-def _stop_before_epoch(monkeypatch, epoch):
+def _killed_before(epoch):
     """The job killed as epoch ``epoch`` starts, after the previous epoch's checkpoint."""
     original = Trainer.train_epoch
 
@@ -65,59 +79,57 @@ def _stop_before_epoch(monkeypatch, epoch):
             raise KeyboardInterrupt("simulated kill")
         return original(self)
 
-    monkeypatch.setattr(Trainer, "train_epoch", killed)
-    return original
+    return "train_epoch", killed, KeyboardInterrupt
 
 
 def _trainable(run_dir):
     return ckpt.load(run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)["trainable"]
 
 
-_uninterrupted = {}
+# (workers, stops): each stop ends a session, the same command run again resumes; one run directory
+# for them all, so a run resumed from a resumed run is tested too, at the price of about one run.
+STOPS = [
+    pytest.param(
+        2,
+        [
+            ("signal after step", 1),  # mid-epoch, at an odd batch: the two workers take turns
+            ("signal after step", 4),  # an epoch's last step: a mid-epoch checkpoint with nothing left
+            ("killed before epoch", 1),  # between epochs: the epoch's own checkpoint
+            ("signal after step", 6),  # mid-epoch again, in a later epoch
+        ],
+        id="two-workers",
+    ),
+    pytest.param(0, [("signal after step", 3), ("signal after step", 6)], id="no-workers"),
+]
+STOP_KINDS = {"signal after step": _stopped_by_signal_after, "killed before epoch": _killed_before}
 
 
-def _uninterrupted_run(toy_root, tmp_path_factory, workers):
-    """The run never stopped (one per worker count, shared by the tests): its losses and adapter."""
-    if workers not in _uninterrupted:
-        with pytest.MonkeyPatch.context() as patch:
-            seen = _record_losses(patch)
-            run_dir = tmp_path_factory.mktemp(f"uninterrupted_{workers}")
-            train_in_process(_overrides(toy_root, workers), run_dir)
-        _uninterrupted[workers] = (seen, _trainable(run_dir))
-    return _uninterrupted[workers]
+@pytest.mark.parametrize("workers, stops", STOPS)
+def test_stopped_and_resumed_run_is_bit_identical(toy_root, tmp_path, monkeypatch, workers, stops):
+    overrides = tiny_run_overrides(toy_root, *RANDOM_RUN, f"trainer.num_workers={workers}")
+    with pytest.MonkeyPatch.context() as patch:
+        expected_losses = _record_losses(patch)
+        _train(overrides, tmp_path / "uninterrupted")
+    expected = _trainable(tmp_path / "uninterrupted")
 
-
-@pytest.mark.parametrize(
-    "workers, stop",
-    [
-        pytest.param(2, ("step", 1), id="mid-epoch-1-of-4-workers"),  # an odd position: workers take turns
-        pytest.param(2, ("step", 6), id="mid-epoch-2-workers"),
-        pytest.param(2, ("step", 4), id="last-step-of-epoch-workers"),
-        pytest.param(2, ("epoch", 1), id="between-epochs-workers"),
-        pytest.param(0, ("step", 3), id="mid-epoch-no-workers"),
-    ],
-)
-def test_stopped_and_resumed_run_is_bit_identical(toy_root, tmp_path, tmp_path_factory, monkeypatch, workers, stop):
-    expected_losses, expected = _uninterrupted_run(toy_root, tmp_path_factory, workers)
     losses = _record_losses(monkeypatch)
-    overrides = _overrides(toy_root, workers)
-    kind, at = stop
-    if kind == "step":
-        original = _stop_after_step(monkeypatch, at)
-        with pytest.raises(Preempted):
-            train_in_process(overrides, tmp_path)
-        monkeypatch.setattr(Trainer, "_optimizer_step", original)
-    else:
-        original = _stop_before_epoch(monkeypatch, at)
-        with pytest.raises(KeyboardInterrupt):
-            train_in_process(overrides, tmp_path)
-        monkeypatch.setattr(Trainer, "train_epoch", original)
-    stopped_after = len(losses)
-    train_in_process(overrides, tmp_path)  # the same command again: resumes from last.pt
+    stopped_at = []  # batches trained when each session stopped
+    for kind, at in stops:
+        with pytest.MonkeyPatch.context() as patch:
+            name, stopping, raised = STOP_KINDS[kind](at)
+            patch.setattr(Trainer, name, stopping)
+            with pytest.raises(raised):
+                train_in_process(overrides, tmp_path / "stopped")
+        stopped_at.append(len(losses))
+    _train(overrides, tmp_path / "stopped")  # the same command again: resumes from last.pt
 
-    assert stopped_after == (at if kind == "step" else 4 * at)
-    assert losses == expected_losses, f"stopped after {stopped_after} batches: {losses} != {expected_losses}"
-    got = _trainable(tmp_path)
+    assert stopped_at == [at if kind == "signal after step" else 4 * at for kind, at in stops]
+    first_off = next((i for i, (a, b) in enumerate(zip(losses, expected_losses)) if a != b), None)
+    assert losses == expected_losses, (
+        f"stopped after batches {stopped_at}: the losses differ from batch {first_off} on\n"
+        f"  resumed:       {losses}\n  uninterrupted: {expected_losses}"
+    )
+    got = _trainable(tmp_path / "stopped")
     assert got.keys() == expected.keys()
     differ = [k for k in expected if not torch.equal(got[k], expected[k])]
     assert not differ, f"{len(differ)} of {len(expected)} trainable tensors differ, e.g. {differ[:2]}"
