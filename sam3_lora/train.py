@@ -131,7 +131,7 @@ def prepare_data(s: RunSettings, run_dir: Path, info: DistInfo) -> Tuple[Prepare
     """The target dataset (validated by rank 0, whose cleaned copies the other ranks take) and the
     retention dataset (held-out splits only; rank 0 alone scores it)."""
     if info.is_main:
-        target = prepare_dataset(s.dataset, run_dir / "data")
+        target = prepare_dataset(s.dataset, run_dir / "data", data_seed=s.data_seed)
     distributed.barrier(info)
     if not info.is_main:
         target = prepare_dataset(s.dataset, run_dir / "data", validate=False)

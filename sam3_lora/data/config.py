@@ -106,6 +106,12 @@ class DatasetConfig:
     test: Optional[Split] = setting(
         doc="the held-out split scored after training", factory=functools.partial(_roboflow, "test")
     )
+    train_images: Optional[int] = setting(
+        None,
+        "train on this many images of the train split, drawn by the run's data_seed (null: all of them); "
+        "with data_seed=${seed} (the default) each seed trains on its own draw (sam3_lora/data/train_subset.py)",
+        at_least(1, optional=True),
+    )
     num_hard_negatives: int = setting(
         4,
         "per training image: the categories present plus this many absent ones as negative prompts "

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.sam3_dataset import build_dataset, build_loader
+from sam3_lora.data.train_subset import draw_train_subset, subset_path
 from sam3_lora.data.validate import (
     DataValidationError,
     ValidationReport,
@@ -112,13 +113,17 @@ def prepare_dataset(
     splits: Sequence[str] = SPLIT_NAMES,
     validate: bool = True,
     strict: bool = True,
+    data_seed: int = 0,
 ) -> PreparedDataset:
     """The ``splits`` of ``dataset`` that exist, validated (repaired copies under ``clean_dir``).
     ``strict``: every problem of every split is listed at once in one :class:`DataValidationError`;
     otherwise a split with problems is left out, its report kept (``check`` lists them).
 
     ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data already;
-    take its cleaned copies where it wrote any, without reading every image again."""
+    take its cleaned copies where it wrote any, without reading every image again.
+
+    ``dataset.train_images`` set: the train split is that many of its images drawn by ``data_seed``
+    (:mod:`sam3_lora.data.train_subset`), written beside the cleaned copies."""
     if validate:
         dataset.ensure_generated()
     usable: Dict[str, Split] = {}
@@ -129,8 +134,9 @@ def prepare_dataset(
         if spec is None or not spec.exists():
             continue
         if not validate:
-            cleaned = cleaned_path(clean_dir, name)
-            usable[name] = Split(str(cleaned) if cleaned.is_file() else spec.ann_file, spec.img_folder)
+            drawn, cleaned = subset_path(clean_dir, name), cleaned_path(clean_dir, name)
+            taken = next((p for p in (drawn, cleaned) if p.is_file()), spec.ann_file)
+            usable[name] = Split(str(taken), spec.img_folder)
             continue
         report, cleaned = validate_split(spec.ann_file, spec.img_folder, dataset.validate.check_images)
         reports[name] = report
@@ -138,7 +144,11 @@ def prepare_dataset(
             problems.append(split_problems(name, report))
             continue
         log.info("data %s", report.summary())
-        usable[name] = Split(usable_annotations(spec.ann_file, cleaned, clean_dir, name), spec.img_folder)
+        ann_file = usable_annotations(spec.ann_file, cleaned, clean_dir, name)
+        if name == "train" and dataset.train_images is not None:
+            ann_file = draw_train_subset(ann_file, dataset.train_images, data_seed, clean_dir)
+            log.info("data train: %d of %d images, drawn by data_seed=%d", dataset.train_images, report.num_images, data_seed)
+        usable[name] = Split(ann_file, spec.img_folder)
     if problems and strict:
         raise DataValidationError("\n".join(problems))
     return PreparedDataset(dataset, usable, reports)

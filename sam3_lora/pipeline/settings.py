@@ -65,6 +65,11 @@ class TrainSchema:
     """``conf/train.yaml``'s own settings; each group is typed by its option's schema."""
 
     seed: int = setting(0, "seeds python, numpy and torch before anything is drawn")
+    data_seed: int = setting(
+        "${seed}",
+        "draws the training images when dataset.train_images is set (sam3_lora/data/train_subset.py): by default "
+        "the seed, so each seed trains on its own draw; a number fixes the draw across seeds",
+    )
     final_eval: FinalEval = setting(doc="scoring after training", factory=FinalEval)
     model: Any = setting(None, "the model group")
     lora: Any = setting(None, "the lora group: the tuning method (sam3_lora/tuning/; lora=none: full fine-tuning)")
@@ -217,6 +222,7 @@ class RunSettings:
 
     config: DictConfig
     seed: int
+    data_seed: int
     trainer: TrainerConfig
     dataset: DatasetConfig
     retention: Optional[DatasetConfig]
@@ -245,6 +251,7 @@ def check_settings(cfg: DictConfig) -> RunSettings:
     return RunSettings(
         config=cfg,
         seed=cfg.seed,
+        data_seed=cfg.data_seed,
         trainer=built["trainer"],
         dataset=built["dataset"],
         retention=built["retention"],
