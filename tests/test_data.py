@@ -345,3 +345,28 @@ def test_toy_images_depend_only_on_the_seed(domain, tmp_path):
         a = np.asarray(Image.open(here / "train" / name))
         b = np.asarray(Image.open(tmp_path / "there" / "train" / name))
         assert np.array_equal(a, b), name
+
+
+def test_each_seed_draws_its_own_training_images_and_the_same_seed_the_same(tmp_path):
+    from sam3_lora.data.config import DatasetConfig
+    from sam3_lora.data.prepare import prepare_dataset
+    from sam3_lora.data.train_subset import TrainSubsetError
+
+    root = toy.generate(tmp_path / "toy", domain="shifted", seed=0, splits={"train": 30, "valid": 2})
+    train = Split(str(root / "train" / toy.ANNOTATIONS), str(root / "train"))
+    config = DatasetConfig(name="toy", root=str(root), train=train, valid=None, test=None, train_images=8)
+    full = json.loads((root / "train" / toy.ANNOTATIONS).read_text())
+
+    def drawn(seed, run):
+        split = prepare_dataset(config, tmp_path / run, splits=("train",), data_seed=seed).split("train")
+        return json.loads(open(split.ann_file).read())
+
+    first, again, other = drawn(0, "a"), drawn(0, "b"), drawn(1, "c")
+    ids = lambda coco: [im["id"] for im in coco["images"]]  # noqa: E731
+    assert len(ids(first)) == 8 and ids(first) == ids(again) and ids(first) != ids(other)
+    # Every annotation of a drawn image comes along, none of another; the category list is the split's.
+    assert [a["id"] for a in first["annotations"]] == [a["id"] for a in full["annotations"] if a["image_id"] in ids(first)]
+    assert first["categories"] == full["categories"]
+    config.train_images = 31
+    with pytest.raises(TrainSubsetError, match=r"dataset.train_images=31: .* has 30 images"):
+        drawn(0, "d")

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from sam3_lora.runs.results import metric_change
-from sam3_lora.runs.sweep_report import BASE, SweepReportError, _setup_name, aggregate, collect, write_report
+from sam3_lora.runs.intervals import Summary, paired_difference, summarize
+from sam3_lora.runs.sweep_report import BASE, SweepReportError, _setup_name, aggregate, collect, comparisons, write_report
 
 
 def _metrics(bbox, segm, cgf1=None):
@@ -129,11 +130,15 @@ def test_seeds_are_averaged_per_setup_with_the_base_first(sweep):
     base, lora, full = rows
     assert base.mean["target_segm_AP"] == pytest.approx(0.20) and base.mean["source_change_segm_AP"] == 0.0
     assert lora.seeds == [0, 1]
-    assert lora.mean["target_segm_AP"] == pytest.approx(0.55) and lora.std["target_segm_AP"] == pytest.approx(0.05)
+    # Sample std (n - 1 below): sqrt((0.05² + 0.05²) / 1) = 0.0707; t(0.975, 1) = 12.706, so the 95% interval
+    # is 0.55 ± 12.706 · 0.0707 / √2 = 0.55 ± 0.635.
+    assert lora.mean["target_segm_AP"] == pytest.approx(0.55) and lora.std["target_segm_AP"] == pytest.approx(0.0707107, abs=1e-6)
+    interval = lora.summary["target_segm_AP"]
+    assert (interval.n, interval.low, interval.high) == (2, pytest.approx(-0.0853, abs=1e-4), pytest.approx(1.1853, abs=1e-4))
     assert lora.mean["source_change_segm_AP"] == pytest.approx(-0.03)
-    assert lora.std["source_change_segm_AP"] == pytest.approx(0.01)
+    assert lora.std["source_change_segm_AP"] == pytest.approx(0.0141421, abs=1e-6)
     assert lora.mean["step_time_s"] == pytest.approx(0.11)
-    assert full.mean["trainable_parameters"] == 50000 and full.std["target_segm_AP"] == 0.0
+    assert full.mean["trainable_parameters"] == 50000 and full.std["target_segm_AP"] is None  # one seed: no spread
     assert full.is_full_finetune and not lora.is_full_finetune
 
 
@@ -143,7 +148,8 @@ def test_report_files_and_findings(sweep):
     assert "segm AP gain 70% of full fine-tuning's" in md and "bbox AP gain 70% of full fine-tuning's" in md
     # Source segm change -0.030 against full fine-tuning's -0.200: less forgetting.
     assert "source segm AP change -0.030 vs full -0.200 (less forgetting)" in md
-    assert "| recipe=lora | 2 | 0.450 ± 0.050 | 0.550 ± 0.050 | 0.350 ± 0.050 |" in md
+    assert "| recipe=lora | 2 | 0.450 ± 0.071 [-0.185, 1.085] | 0.550 ± 0.071 [-0.085, 1.185] | 0.350 ± 0.071 [-0.285, 0.985] |" in md
+    assert "| recipe=full_finetune | 1 | 0.600 | 0.700 |" in md  # one seed: the mean alone
     rows = list(csv.DictReader(open(sweep / "sweep_report.csv")))
     assert [r["setup"] for r in rows] == [BASE, "recipe=lora", "recipe=full_finetune"]
     assert math.isclose(float(rows[1]["target_segm_AP_mean"]), 0.55)
@@ -209,4 +215,36 @@ def test_a_figure_fewer_seeds_recorded_says_its_n(sweep):
     (sweep / "a" / "results.json").write_text(json.dumps(results))
     lora = {r.setup: r for r in aggregate(collect(sweep))}["recipe=lora"]
     assert lora.mean["source_change_segm_cgF1"] == pytest.approx(-0.55) and lora.fewer == {"source_change_segm_cgF1": 1}
-    assert "| -0.550 ± 0.000 (n=1) |" in write_report(sweep).read_text()
+    assert "| -0.550 (n=1) |" in write_report(sweep).read_text()
+
+
+def test_paired_differences_over_matched_seeds_against_a_hand_computation(sweep):
+    base, src = _metrics(0.10, 0.20), _metrics(0.60, 0.70)
+    # Full fine-tuning gets seeds 1 and 2; LoRA has 0 and 1: matched on seed 1 alone.
+    _write_run(sweep, "e", "seed=1,recipe=full_finetune", 1, base, _metrics(0.6, 0.80), src, _metrics(0.4, 0.5), 50000, 0.3, lora=False)
+    _write_run(sweep, "f", "seed=2,recipe=full_finetune", 2, base, _metrics(0.6, 0.75), src, _metrics(0.4, 0.5), 50000, 0.3, lora=False)
+    rows = aggregate(collect(sweep))
+    found = {(setup, ref): d for setup, ref, d in comparisons(rows)}
+    lora_vs_full = found[("recipe=lora", "recipe=full_finetune")]["target_segm_AP"]
+    # Seed 0: LoRA 0.50 - full 0.70 = -0.20; seed 1: 0.60 - 0.80 = -0.20; seed 2 only in full fine-tuning.
+    assert lora_vs_full.seeds == [0, 1] and lora_vs_full.summary.mean == pytest.approx(-0.20)
+    assert lora_vs_full.summary.std == pytest.approx(0.0) and lora_vs_full.unmatched == ["seed 2 only in the reference"]
+    md = write_report(sweep).read_text()
+    assert "| recipe=lora | recipe=full_finetune | 2 | " in md and "seed 2 only in the reference" in md
+    # bbox AP: LoRA 0.40, 0.50 against full fine-tuning's 0.60, 0.60 on seeds 0, 1: -0.20, -0.10, mean -0.15, sample std 0.0707, half-width 0.635: [-0.785, +0.485] spans zero: within noise.
+    assert "-0.150 [-0.785, +0.485] (within noise)" in md
+    paired = list(csv.DictReader(open(sweep / "sweep_report_paired.csv")))
+    row = next(r for r in paired if (r["setup"], r["reference"]) == ("recipe=lora", "recipe=full_finetune"))
+    assert row["target_bbox_AP_n"] == "2" and math.isclose(float(row["target_bbox_AP_diff"]), -0.15)
+
+
+def test_one_seed_has_no_interval_and_a_difference_of_one_pair_says_so():
+    assert summarize([0.4]) == Summary(1, 0.4)
+    assert summarize([None, float("nan")]) == Summary(0, None)
+    one = paired_difference({0: 0.5, 1: None}, {0: 0.3, 1: 0.2})
+    assert one.summary.n == 1 and one.summary.mean == pytest.approx(0.2) and one.summary.low is None
+    assert one.unmatched == ["seed 1 only in the reference"]
+    # Three seeds: 0.1, 0.2, 0.3: mean 0.2, s = 0.1, t(0.975, 2) = 4.303: 0.2 ± 0.2484 — spans zero.
+    three = summarize([0.1, 0.2, 0.3])
+    assert three.std == pytest.approx(0.1) and three.low == pytest.approx(0.2 - 0.24841, abs=1e-4)
+    assert not three.excludes_zero and summarize([1.0, 1.1, 1.2]).excludes_zero

@@ -4,8 +4,10 @@ Written at the end of every multirun by :class:`WriteSweepReport` (the Hydra cal
 ``conf/train.yaml`` names), or by hand with ``python -m sam3_lora.report multirun/<date>/<time>``.
 
 A run's setup is its overrides without ``seed`` and without those every run of the sweep
-shares: the seeds of one setup are averaged (population std over the seeds present; one
-seed gives std 0 and the table says n=1).
+shares: the seeds of one setup are averaged, with their sample std and a 95% t interval over the
+seeds (``runs/intervals.py``; one seed has neither, and the table says n=1). Each setup is also
+compared with the references (plain LoRA balanced, full fine-tuning, and a keeping method's own plain
+setup) seed by seed: the mean paired difference and its 95% interval, marked where it excludes zero.
 Per setup: the tuned model's held-out (target-domain) COCO AP and cgF1, the change on the
 retention dataset against the frozen base (negative = forgotten), trainable parameters and
 seconds per optimizer step. The frozen base is one more row, from the base scores every run
@@ -19,7 +21,6 @@ Files, beside the runs: ``sweep_report.md`` (the table and what it shows), ``swe
 from __future__ import annotations
 
 import logging
-import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from omegaconf import DictConfig
 from sam3_lora.core.atomic_files import atomic_write, atomic_write_csv, atomic_write_text, written_together
 from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
+from sam3_lora.runs.intervals import PairedDifference, Summary, paired_difference, recorded, seed_values, summarize
 from sam3_lora.runs.renames import current_override
 from sam3_lora.runs.results import RESULTS_FIX, ResultsFileError, RunResults, metric_change
 
@@ -185,17 +187,10 @@ def collect(sweep_dir: Path, left_out: Optional[List[str]] = None) -> List[Run]:
     return runs
 
 
-def recorded(values: Sequence[Optional[float]]) -> List[float]:
-    """The values a run recorded: None and NaN left out."""
-    return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
 def mean_std(values: Sequence[Optional[float]]):
-    """Mean and population std of the recorded values; (None, None) if none."""
-    xs = recorded(values)
-    if not xs:
-        return None, None
-    return statistics.fmean(xs), statistics.pstdev(xs)
+    """Mean and sample std of the recorded values (std None below two); (None, None) if none."""
+    summary = summarize(values)
+    return summary.mean, summary.std
 
 
 @dataclass
@@ -208,6 +203,8 @@ class SetupRow:
     curve: Dict[float, Dict[str, float]] = field(default_factory=dict)  # the seeds' mean per adapter scale
     # Seeds behind each figure, where fewer than the row's n recorded it (the table says so beside the figure).
     fewer: Dict[str, int] = field(default_factory=dict)
+    summary: Dict[str, Summary] = field(default_factory=dict)  # n, mean, sample std, 95% interval per figure
+    runs: List[Run] = field(default_factory=list)
 
 
 def aggregate(runs: List[Run]) -> List[SetupRow]:
@@ -229,26 +226,93 @@ def aggregate(runs: List[Run]) -> List[SetupRow]:
     for setup in dict.fromkeys(r.setup for r in runs):
         group = [r for r in runs if r.setup == setup]
         mean, std, fewer = {}, {}, {}
+        summary = {}
         for column in FIGURES:
             values = [r.values[column] for r in group]
-            mean[column], std[column] = mean_std(values)
+            summary[column] = summarize(values)
+            mean[column], std[column] = summary[column].mean, summary[column].std
             if 0 < len(recorded(values)) < len(group):
                 fewer[column] = len(recorded(values))
         full = all(r.full_finetune for r in group)
         scales = sorted(set.intersection(*(set(r.curve) for r in group)))
         curve = {x: {k: statistics.fmean(r.curve[x][k] for r in group) for k in group[0].curve[x]} for x in scales}
-        setups.append(SetupRow(setup, sorted((r.seed for r in group), key=str), mean, std, full, curve, fewer))
+        seeds = sorted((r.seed for r in group), key=str)
+        setups.append(SetupRow(setup, seeds, mean, std, full, curve, fewer, summary, group))
     # Fewest trainable parameters first: LoRA minimal ... full fine-tuning.
     trainable = [r.mean["trainable_parameters"] for r in setups]
     order = sorted(range(len(setups)), key=lambda i: (trainable[i] is None, trainable[i] or 0, i))
     return rows + [setups[i] for i in order]
 
 
-def _pm(m, s, n: Optional[int] = None, digits=3) -> str:
-    """``mean ± std``; ``n`` when fewer seeds than the row's recorded this figure."""
+def _pm(m, s, n: Optional[int] = None, digits=3, summary: Optional[Summary] = None) -> str:
+    """``mean ± sample std [95% interval]``; ``n`` when fewer seeds than the row's recorded this figure;
+    one seed: the mean alone."""
     if m is None:
         return "-"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n else "")
+    spread = "" if s is None else f" ± {s:.{digits}f}"
+    interval = "" if summary is None or summary.low is None else f" [{summary.low:.{digits}f}, {summary.high:.{digits}f}]"
+    return f"{m:.{digits}f}{spread}{interval}" + (f" (n={n})" if n else "")
+
+
+def _cell(row: "SetupRow", column: str) -> str:
+    return _pm(row.mean[column], row.std[column], row.fewer.get(column), summary=row.summary.get(column))
+
+
+# Each setup against these, seed by seed (those the sweep has), and a keeping method against its plain setup.
+REFERENCES = ("recipe=lora_balanced", "recipe=full_finetune")
+COMPARED = ("target_bbox_AP", "target_segm_AP", "source_change_segm_AP")
+
+
+def plain_counterpart(setup: str) -> str:
+    """``recipe=lora_balanced_distill_target`` -> ``recipe=lora_balanced``: a keeping method's plain setup."""
+    return re.sub(r"_distill\w*", "", setup)
+
+
+def comparisons(rows: List["SetupRow"]) -> List[tuple]:
+    """(setup, reference, {figure: PairedDifference}) for each setup and each reference it has."""
+    by_setup = {r.setup: r for r in rows if r.setup != BASE}
+    found = []
+    for row in by_setup.values():
+        references = [ref for ref in REFERENCES if ref != row.setup]
+        if "_distill" in row.setup:
+            references.append(plain_counterpart(row.setup))
+        for ref in dict.fromkeys(references):
+            if ref not in by_setup:
+                continue
+            differences = {
+                c: paired_difference(seed_values(row.runs, c), seed_values(by_setup[ref].runs, c)) for c in COMPARED
+            }
+            found.append((row.setup, ref, differences))
+    return found
+
+
+def _difference_cell(d: PairedDifference) -> str:
+    s = d.summary
+    if s.mean is None:
+        return "-"
+    if s.low is None:
+        text = f"{s.mean:+.3f} (n=1, no interval)"
+    else:
+        text = f"{s.mean:+.3f} [{s.low:+.3f}, {s.high:+.3f}]" + (" *" if s.excludes_zero else " (within noise)")
+    return text + (f" ({'; '.join(d.unmatched)})" if d.unmatched else "")
+
+
+def paired_table(rows: List["SetupRow"]) -> List[str]:
+    found = comparisons(rows)
+    if not found:
+        return []
+    lines = [
+        "",
+        "Paired differences (setup − reference, seed by seed over the seeds both ran; mean and 95% t interval; "
+        "* where the interval excludes zero):",
+        "",
+        "| setup | reference | n | " + " | ".join(LABELS[c] for c in COMPARED) + " |",
+        "|" + "---|" * (3 + len(COMPARED)),
+    ]
+    for setup, ref, differences in found:
+        n = max(d.summary.n for d in differences.values())
+        lines.append(f"| {setup} | {ref} | {n} | " + " | ".join(_difference_cell(differences[c]) for c in COMPARED) + " |")
+    return lines
 
 
 def findings(rows: List[SetupRow]) -> List[str]:
@@ -285,7 +349,7 @@ def distillation_findings(rows: List[SetupRow]) -> List[str]:
     by_setup = {r.setup: r for r in rows}
     lines = []
     for row in rows:
-        plain = by_setup.get(re.sub(r"_distill\w*", "", row.setup))
+        plain = by_setup.get(plain_counterpart(row.setup))
         if "_distill" not in row.setup or plain is None:
             continue
         target, plain_target = row.mean["target_segm_AP"], plain.mean["target_segm_AP"]
@@ -310,7 +374,7 @@ def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
         cells = [
             r.setup,
             str(len(r.seeds)),
-            *(_pm(r.mean[c], r.std[c], r.fewer.get(c)) for c, _ in TARGET + SOURCE),
+            *(_cell(r, c) for c, _ in TARGET + SOURCE),
             "-" if trainable is None else f"{int(trainable):,}",
             "-" if step is None else f"{step:.3f}",
         ]
@@ -323,7 +387,7 @@ def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
         ]
         lines += ["| setup | " + " | ".join(LABELS[c] for c in VALID) + " |", "|---|---|---|"]
         lines += [
-            f"| {r.setup} | " + " | ".join(_pm(r.mean[c], r.std[c], r.fewer.get(c)) for c in VALID) + " |"
+            f"| {r.setup} | " + " | ".join(_cell(r, c) for c in VALID) + " |"
             for r in rows[1:]
         ]
     found = findings(rows)
@@ -332,7 +396,8 @@ def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
         "Target: the held-out split of the training dataset. Source Δ: the tuned model minus the frozen base on the "
         "retention dataset (negative = forgotten). cgF1 = pmF1 x IL_MCC at the score threshold chosen on valid "
         "(0..1; the SAM3 paper prints x100); IL_FPR: the share of prompts of absent concepts answered with a "
-        "detection (lower is better). Mean ± std over the seeds (n); a figure fewer seeds recorded says its own n.",
+        "detection (lower is better). Mean ± sample std [95% t interval] over the seeds (n); one seed: the mean "
+        "alone; a figure fewer seeds recorded says its own n.",
     ]
     skipped = [
         "",
@@ -341,10 +406,28 @@ def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
         "",
         *(f"- {reason}" for reason in left_out),
     ]
-    return "\n".join(lines + notes + ([""] + found if found else []) + (skipped if left_out else [])) + "\n"
+    return (
+        "\n".join(lines + paired_table(rows) + notes + ([""] + found if found else []) + (skipped if left_out else []))
+        + "\n"
+    )
 
 
-REPORT_FILES = ("sweep_report.md", "sweep_report.csv", "sweep_report_runs.csv", "sweep_report.png")
+REPORT_FILES = (
+    "sweep_report.md",
+    "sweep_report.csv",
+    "sweep_report_runs.csv",
+    "sweep_report_paired.csv",
+    "sweep_report.png",
+)
+
+
+def _summary_cells(row: SetupRow, column: str) -> list:
+    s = row.summary.get(column)
+    return [row.mean[column], row.std[column], s.low if s else None, s.high if s else None]
+
+
+def _difference_cells(d: PairedDifference) -> list:
+    return [d.summary.mean, d.summary.n, d.summary.low, d.summary.high]
 
 
 def write_report(sweep_dir) -> Path:
@@ -353,13 +436,21 @@ def write_report(sweep_dir) -> Path:
     left_out: List[str] = []
     runs = collect(sweep_dir, left_out)
     rows = aggregate(runs)
-    md, setups, per_run, png = (sweep_dir / name for name in REPORT_FILES)
+    md, setups, per_run, paired, png = (sweep_dir / name for name in REPORT_FILES)
     with written_together():
         atomic_write_text(md, markdown(rows, left_out))
         atomic_write_csv(
             setups,
-            [["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std"))]]
-            + [[r.setup, len(r.seeds), *(x for c in FIGURES for x in (r.mean[c], r.std[c]))] for r in rows],
+            [["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std", "ci95_low", "ci95_high"))]]
+            + [[r.setup, len(r.seeds), *(x for c in FIGURES for x in _summary_cells(r, c))] for r in rows],
+        )
+        atomic_write_csv(
+            paired,
+            [["setup", "reference", *(f"{c}_{s}" for c in COMPARED for s in ("diff", "n", "ci95_low", "ci95_high"))]]
+            + [
+                [setup, ref, *(x for c in COMPARED for x in _difference_cells(differences[c]))]
+                for setup, ref, differences in comparisons(rows)
+            ],
         )
         atomic_write_csv(
             per_run,
