@@ -71,6 +71,12 @@ class TrainSchema:
         "the seed, so each seed trains on its own draw; a number fixes the draw across seeds",
     )
     final_eval: FinalEval = setting(doc="scoring after training", factory=FinalEval)
+    selection: Any = setting(
+        None,
+        "the choices a sweep makes, as rules over valid-split figures that its report applies "
+        "(sam3_lora/runs/selection.py; an experiment declares them, e.g. experiment=distill_weight)",
+        names_run=False,
+    )
     model: Any = setting(None, "the model group")
     lora: Any = setting(None, "the lora group: the tuning method (sam3_lora/tuning/; lora=none: full fine-tuning)")
     dataset: Any = setting(None, "the dataset group")

@@ -35,6 +35,7 @@ from sam3_lora.core.errors import UserError
 from sam3_lora.runs import layout
 from sam3_lora.runs.intervals import PairedDifference, Summary, paired_difference, recorded, seed_values, summarize
 from sam3_lora.runs.renames import current_override
+from sam3_lora.runs.selection import Pick, apply, pick_lines, read_rules
 from sam3_lora.runs.results import RESULTS_FIX, ResultsFileError, RunResults, metric_change
 
 log = logging.getLogger("sam3_lora.report")
@@ -337,11 +338,21 @@ def findings(rows: List[SetupRow]) -> List[str]:
             change, full_change = row.mean[column], full.mean[column]
             if change is None or full_change is None:
                 continue
-            verdict = "less" if change > full_change else "not less"
-            parts.append(f"source {label} AP change {change:+.3f} vs full {full_change:+.3f} ({verdict} forgetting)")
+            verdict = _verdict(paired_difference(seed_values(row.runs, column), seed_values(full.runs, column)))
+            parts.append(f"source {label} AP change {change:+.3f} vs full {full_change:+.3f} ({verdict})")
         if parts:
             lines.append(f"- {row.setup}: " + "; ".join(parts))
     return lines + distillation_findings(rows)
+
+
+def _verdict(d: PairedDifference) -> str:
+    """A source change against the reference's, in words its paired interval allows."""
+    s = d.summary
+    if s.low is None:
+        return f"n={s.n}: no interval"
+    if not s.excludes_zero:
+        return "within noise"
+    return "less forgetting" if s.mean > 0 else "more forgetting"
 
 
 def distillation_findings(rows: List[SetupRow]) -> List[str]:
@@ -363,8 +374,9 @@ def distillation_findings(rows: List[SetupRow]) -> List[str]:
     return lines
 
 
-def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
-    """The report's table and notes; ``left_out``: the runs whose results.json could not be read."""
+def markdown(rows: List[SetupRow], left_out: Sequence[str] = (), picks: Sequence[Pick] = ()) -> str:
+    """The report's table and notes; ``left_out``: the runs whose results.json could not be read;
+    ``picks``: the choices the sweep's declared rules made."""
     figures = [LABELS[c] for c, _ in TARGET + SOURCE]
     head = "| " + " | ".join(["setup", "n", *figures, "trainable", "s / step"]) + " |"
     lines = [head, "|" + "---|" * (len(figures) + 4)]
@@ -407,7 +419,7 @@ def markdown(rows: List[SetupRow], left_out: Sequence[str] = ()) -> str:
         *(f"- {reason}" for reason in left_out),
     ]
     return (
-        "\n".join(lines + paired_table(rows) + notes + ([""] + found if found else []) + (skipped if left_out else []))
+        "\n".join(lines + pick_lines(picks, LABELS) + paired_table(rows) + notes + ([""] + found if found else []) + (skipped if left_out else []))
         + "\n"
     )
 
@@ -436,9 +448,10 @@ def write_report(sweep_dir) -> Path:
     left_out: List[str] = []
     runs = collect(sweep_dir, left_out)
     rows = aggregate(runs)
+    picks = [apply(rule, rows, VALID) for rule in read_rules([run.path for run in runs])]
     md, setups, per_run, paired, png = (sweep_dir / name for name in REPORT_FILES)
     with written_together():
-        atomic_write_text(md, markdown(rows, left_out))
+        atomic_write_text(md, markdown(rows, left_out, picks))
         atomic_write_csv(
             setups,
             [["setup", "n", *(f"{c}_{s}" for c in FIGURES for s in ("mean", "std", "ci95_low", "ci95_high"))]]
