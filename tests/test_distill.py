@@ -1,4 +1,4 @@
-"""Tuning without forgetting: distillation from the frozen base on anchor images
+"""Keeping the base while tuning: distillation from the frozen base on anchor images
 (sam3_lora/training/distill.py, sam3_lora/data/anchors.py, sam3_lora/pipeline/preservation.py), and
 hard negatives from beyond the dataset (dataset.negative_prompts)."""
 

@@ -309,3 +309,25 @@ def test_the_report_applies_the_rule_its_runs_were_launched_with(tmp_path):
     # Floor 0.9 x 0.80 = 0.72: weight 10 (0.70) is below it, so 1 is picked though 10 keeps more.
     assert "→ **preserve.weight=1** (1: -0.300, 10: -0.100 (below the floor); floor 0.720)" in md
     assert "distillation weight: the preserve.weight among recipe=lora_balanced_distill with the largest" in md
+
+
+def test_the_committed_results_table_is_what_the_report_command_makes_of_the_committed_runs(tmp_path):
+    """docs/results/forgetting_toy/: each run's results.json and composed config as the sweep left them,
+    beside the report made from them; a fresh clone re-makes the report and gets the same tables."""
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "forgetting_toy"
+    remade = tmp_path / "forgetting_toy"
+    for results in committed.glob("*/results.json"):
+        run = remade / results.parent.name
+        shutil.copytree(results.parent, run)
+    assert len(list(remade.iterdir())) == 30
+    write_report(remade)
+    for name in ("sweep_report.md", "sweep_report.csv", "sweep_report_paired.csv", "sweep_report_runs.csv"):
+        assert (remade / name).read_text() == (committed / name).read_text(), name
+    report = (committed / "sweep_report.md").read_text().splitlines()
+    readme = (committed.parents[2] / "README.md").read_text().splitlines()
+    rows = [line for line in readme if line.startswith(("| recipe=", "| frozen base"))]
+    assert len(rows) == 10 + 1 + 18  # the held-out table and the paired one, as the report prints them
+    assert [row for row in rows if row not in report] == []

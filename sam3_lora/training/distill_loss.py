@@ -1,7 +1,9 @@
 """Distillation from the frozen base: the term a training step adds, and its teacher (``preserve=distill``).
 
-Learning without forgetting (Li & Hoiem 2016; Shmelkov et al. 2017 for detectors), with LoRA's free
-teacher: the same model with its adapters off. Each micro-batch, besides the labelled target batch,
+Knowledge distillation from the base, with LoRA's free teacher: the same model with its adapters off.
+What it is depends on the anchor images: on the target's own training images it is learning without
+forgetting (Li & Hoiem 2016; Shmelkov et al. 2017 for detectors); on images of the base's own domain it
+is rehearsal, the teacher's answers standing in for the labels (pseudo-labels). Each micro-batch, besides the labelled target batch,
 ``preserve.anchor_batch`` anchor images (unlabelled: another folder, a COCO split's images, or the
 target images) are prompted with concepts the base knows (``preserve.vocabulary``) and go through the
 same step. The teacher — the base: the model in eval mode with adapters off, without grad; for full
