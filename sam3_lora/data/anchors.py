@@ -1,8 +1,9 @@
 """Distillation's anchor images (``preserve.images``) as a COCO split, and the rule that keeps them out
 of every score.
 
-The anchors are unlabelled: a folder of images, the images of a COCO file (its labels ignored), or
-the target's own training images. They are written as ``anchors.coco.json`` in the run directory —
+The anchors are unlabelled: a folder of images, the images of a COCO file (its labels ignored; or only
+those ``preserve.image_ids`` lists, such as the shipped ``coco_val2017_anchors``), or the target's own
+training images. They are written as ``anchors.coco.json`` in the run directory —
 the images, no annotations, the anchor vocabulary as categories — so sam3's own dataset asks each
 image ``preserve.prompts_per_image`` of those concepts as queries with nothing to find (the teacher's
 answers are the targets). An anchor image with the same bytes as an image of a scored split (the
@@ -22,6 +23,7 @@ from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import Split
 from sam3_lora.data.image_decode import displayed_size
 from sam3_lora.data.image_files import is_image_file
+from sam3_lora.data.train_subset import read_image_ids
 
 ANCHORS_FILE = "anchors.coco.json"
 
@@ -50,8 +52,32 @@ def _folder_images(folder: Path) -> List[dict]:
     return images
 
 
-def anchor_images(images: str, img_folder: str = None, target_train: Split = None) -> Tuple[List[dict], Path]:
-    """The anchor images ``preserve.images`` names (COCO image records) and their folder."""
+def _listed(records: List[dict], ann_file: Path, image_ids) -> List[dict]:
+    """The records of ``ann_file`` whose ids ``image_ids`` lists (``preserve.image_ids``), in its order."""
+    ids, where = read_image_ids(image_ids, "preserve.image_ids")
+    by_id = {r.get("id"): r for r in records}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise AnchorError(
+            f"preserve.image_ids={image_ids}: {len(missing)} of its {len(ids)} ids are no image of {ann_file}: "
+            f"{shown}. "
+            "Point preserve.images at the COCO file these ids come from, or list ids of this one"
+        )
+    return [by_id[i] for i in ids]
+
+
+def anchor_images(
+    images: str, img_folder: str = None, target_train: Split = None, image_ids=None
+) -> Tuple[List[dict], Path]:
+    """The anchor images ``preserve.images`` names (COCO image records) and their folder; with
+    ``image_ids`` (``preserve.image_ids``) only those of a COCO file."""
+    if image_ids is not None and (images == "target" or not Path(images).is_file()):
+        raise AnchorError(
+            f"preserve.image_ids={image_ids}: it picks images of a COCO annotation file, and preserve.images={images} "
+            "is not one; give the file (preserve.images=/data/coco/annotations/instances_val2017.json), or drop "
+            "preserve.image_ids"
+        )
     if images == "target":
         return _coco_images(Path(target_train.ann_file)), Path(target_train.img_folder)
     path = Path(images)
@@ -59,6 +85,8 @@ def anchor_images(images: str, img_folder: str = None, target_train: Split = Non
         found, folder = _folder_images(path), path
     elif path.is_file():
         found, folder = _coco_images(path), Path(img_folder) if img_folder else path.parent
+        if image_ids is not None:
+            found = _listed(found, path, image_ids)
     else:
         raise AnchorError(
             f"preserve.images={images}: no such folder or file; give a folder of images, a COCO annotation file, "

@@ -17,6 +17,7 @@ from sam3_lora.core.documents import DocumentError, Fields, Kind, ListOf, read_j
 from sam3_lora.core.errors import UserError
 from sam3_lora.core.schema import HYDRA_KEYS, REQUIRED, Valid, at_least, is_int, number_in, one_of, problems, setting
 from sam3_lora.data.prompt_lists import is_prompt_list, read_prompt_list
+from sam3_lora.data.train_subset import is_image_id_list
 
 SPLIT_NAMES = ("train", "valid", "test")
 TOY_DOMAINS = ("base", "shifted")  # sam3_lora/data/toy.py
@@ -38,6 +39,14 @@ class Split:
 
     ann_file: str = setting(doc="the COCO annotation file", names_run=False)
     img_folder: str = setting(doc="the folder the images' file_name values are relative to", names_run=False)
+    image_ids: Any = setting(
+        None,
+        "only these images of ann_file (null: all): a list of ids, a text file with one id a line, or a shipped "
+        "list's name (coco_val2017_test500, ...: sam3_lora/data/lists/); written beside the run's data, every id "
+        "must be an image of the file (sam3_lora/data/train_subset.py)",
+        Valid(is_image_id_list, "a list of image ids, the path of a text file or a shipped list's name"),
+        names_run=False,
+    )
 
     def exists(self) -> bool:
         return Path(self.ann_file).is_file()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from sam3_lora.data.config import SPLIT_NAMES, DatasetConfig, Split
 from sam3_lora.data.sam3_dataset import build_dataset, build_loader
-from sam3_lora.data.train_subset import draw_train_subset, subset_path
+from sam3_lora.data.train_subset import LISTED, draw_train_subset, listed_subset, subset_path
 from sam3_lora.data.validate import (
     DataValidationError,
     ValidationReport,
@@ -41,6 +41,7 @@ class PreparedDataset:
     config: DatasetConfig
     splits: Dict[str, Split]
     reports: Dict[str, ValidationReport] = field(default_factory=dict)  # empty where rank 0 validated
+    listed: Dict[str, str] = field(default_factory=dict)  # split -> what its image_ids kept (a note)
 
     @property
     def name(self) -> str:
@@ -62,10 +63,11 @@ class PreparedDataset:
     def notes(self, name: str, use: str = "scored") -> List[str]:
         """What figures on split ``name`` rest on, when it is not the annotation file as it stands
         (``use``: what was done with the split)."""
+        notes = [self.listed[name]] if name in self.listed else []
         report = self.reports.get(name)
         if report is None or not report.repaired:
-            return []
-        return [f"data: {use} on a repaired copy of {report.ann_file} ({report.repairs()})"]
+            return notes
+        return notes + [f"data: {use} on a repaired copy of {report.ann_file} ({report.repairs()})"]
 
     def num_images(self, name: str) -> Optional[int]:
         report = self.reports.get(name)
@@ -122,33 +124,40 @@ def prepare_dataset(
     ``validate=False`` (DDP ranks other than 0): rank 0 has generated and checked the data already;
     take its cleaned copies where it wrote any, without reading every image again.
 
-    ``dataset.train_images`` set: the train split is that many of its images drawn by ``data_seed``
-    (:mod:`sam3_lora.data.train_subset`), written beside the cleaned copies."""
+    A split's ``image_ids`` set: only the images it lists are kept, before validation (so only they are
+    read), written beside the cleaned copies. ``dataset.train_images`` set: the train split is that many
+    of its images drawn by ``data_seed`` (both: :mod:`sam3_lora.data.train_subset`)."""
     if validate:
         dataset.ensure_generated()
     usable: Dict[str, Split] = {}
     reports: Dict[str, ValidationReport] = {}
+    listed: Dict[str, str] = {}
     problems: List[str] = []
     for name in splits:
         spec = dataset.split(name)
         if spec is None or not spec.exists():
             continue
         if not validate:
-            drawn, cleaned = subset_path(clean_dir, name), cleaned_path(clean_dir, name)
-            taken = next((p for p in (drawn, cleaned) if p.is_file()), spec.ann_file)
+            found = (subset_path(clean_dir, name), cleaned_path(clean_dir, name), subset_path(clean_dir, name, LISTED))
+            taken = next((p for p in found if p.is_file()), spec.ann_file)
             usable[name] = Split(str(taken), spec.img_folder)
             continue
-        report, cleaned = validate_split(spec.ann_file, spec.img_folder, dataset.validate.check_images)
+        source = spec.ann_file
+        if spec.image_ids is not None:
+            key = f"dataset '{dataset.name}' {name}.image_ids"
+            source, listed[name] = listed_subset(source, spec.image_ids, clean_dir, name, key)
+            log.info("%s", listed[name])
+        report, cleaned = validate_split(source, spec.img_folder, dataset.validate.check_images)
         reports[name] = report
         if report.errors:
             problems.append(split_problems(name, report))
             continue
         log.info("data %s", report.summary())
-        ann_file = usable_annotations(spec.ann_file, cleaned, clean_dir, name)
+        ann_file = usable_annotations(source, cleaned, clean_dir, name)
         if name == "train" and dataset.train_images is not None:
             ann_file = draw_train_subset(ann_file, dataset.train_images, data_seed, clean_dir)
             log.info("data train: %d of %d images, drawn by data_seed=%d", dataset.train_images, report.num_images, data_seed)
         usable[name] = Split(ann_file, spec.img_folder)
     if problems and strict:
         raise DataValidationError("\n".join(problems))
-    return PreparedDataset(dataset, usable, reports)
+    return PreparedDataset(dataset, usable, reports, listed)

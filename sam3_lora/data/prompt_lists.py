@@ -1,4 +1,5 @@
-"""Lists of concept names given in a config: inline (``[dog, car]``) or as a text file, one name a line.
+"""Lists of concept names given in a config: inline (``[dog, car]``) or as a text file, one name a line
+(``#`` lines are comments), or a shipped list's name (``coco80``: COCO's 80 categories; ``shipped.py``).
 
 Used by ``dataset.negative_prompts`` (hard negatives beyond the dataset's categories) and
 ``preserve.vocabulary`` (the concepts distillation asks the base about).
@@ -6,10 +7,10 @@ Used by ``dataset.negative_prompts`` (hard negatives beyond the dataset's catego
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, List, Sequence
 
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.shipped import list_file, not_found
 from sam3_lora.sam3_compat.prompt_tokens import first_of_each_prompt
 
 
@@ -18,7 +19,7 @@ class PromptListError(UserError, ValueError):
 
 
 def is_prompt_list(value: Any) -> bool:
-    """What a config may give: null, a list of names, or a path (a string)."""
+    """What a config may give: null, a list of names, or a path or shipped list's name (a string)."""
     return (
         value is None
         or isinstance(value, str)
@@ -32,11 +33,9 @@ def read_prompt_list(value: Any, key: str) -> List[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        path = Path(value)
-        if not path.is_file():
-            raise PromptListError(
-                f"{key}={value}: no such file; give a text file with one name a line, or a list ({key}='[a, b]')"
-            )
+        path = list_file(value)
+        if path is None:
+            raise PromptListError(not_found(key, value, f"a text file with one name a line, a list ({key}='[a, b]')"))
         names: Sequence[str] = [line.strip() for line in path.read_text().splitlines()]
         names = [n for n in names if n and not n.startswith("#")]
         where = f"{key} ({path})"

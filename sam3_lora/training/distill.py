@@ -17,6 +17,7 @@ from torch import nn
 from sam3_lora.core.schema import REQUIRED, Valid, at_least, number_in, setting
 from sam3_lora.data.config import ToySpec
 from sam3_lora.data.prompt_lists import is_prompt_list
+from sam3_lora.data.train_subset import is_image_id_list
 from sam3_lora.training.distill_anchors import TARGET_IMAGES, anchor_loader, prepare_anchors
 from sam3_lora.training.distill_loss import TERM_WEIGHTS, Distillation, Teacher, distillation_terms, final_outputs
 from sam3_lora.training.keeping import KeepingMethod
@@ -47,10 +48,17 @@ class DistillConfig(KeepingMethod):
         "with a COCO file: the folder its file_names are relative to (default: the file's folder)",
         names_run=False,
     )
+    image_ids: Any = setting(
+        None,
+        "with a COCO file: only these of its images (null: all): a list of ids, a text file with one id a line, or "
+        "a shipped list's name (coco_val2017_anchors: the val2017 images no retention=coco_val2017 score uses)",
+        Valid(is_image_id_list, "a list of image ids, the path of a text file or a shipped list's name"),
+        names_run=False,
+    )
     vocabulary: Any = setting(
         REQUIRED,
-        "the anchor concepts, what the base knows (e.g. COCO's 80 names for SAM3): a list, or a text file with "
-        "one name a line",
+        "the anchor concepts, what the base knows (e.g. COCO's 80 names for SAM3: coco80, shipped): a list, a "
+        "text file with one name a line, or a shipped list's name",
         Valid(lambda v: v is not None and is_prompt_list(v), "a list of names or the path of a text file"),
         names_run=False,
     )

@@ -63,7 +63,7 @@ def prepare_anchors(
             generate_toy_anchors(config)
         distributed.barrier(info)
     train = target.require("train") if config.images == TARGET_IMAGES else None
-    records, folder = anchor_images(config.images, config.img_folder, train)
+    records, folder = anchor_images(config.images, config.img_folder, train, config.image_ids)
     vocabulary = anchor_vocabulary(config, train)
     if info.is_main:
         write_anchor_split(records, folder, vocabulary, run_dir)
