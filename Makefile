@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.lock setup.cfg pyproject.toml
 	$(PY) -m pip install --no-deps -e .
 	touch $@
 
-.PHONY: install demo test test-gpu gpu-check verify-toy-base lock
+.PHONY: install demo test test-gpu gpu-check verify-toy-base lock benchmark-stand-in
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -37,6 +37,16 @@ test-gpu: $(USES_VENV)
 # model's benchmark, the quick start's wall time. Writes gpu_check.json and gpu_check.md to GPU_OUT.
 gpu-check: $(USES_VENV)
 	$(PY) tools/gpu_check.py --out $(GPU_OUT) --budget-s $(GPU_BUDGET_S)
+
+# A benchmark experiment's whole chain on CPU, on a stand-in release (docs/benchmarks.md): the stand-in in
+# the benchmark's own layout, prepare (published few-shot files, seeds 3 and 30), 2 datasets x 2 seeds x
+# 2 setups as one multirun, the table (stand_in/odinw13/multirun/benchmark_table.md). About a minute.
+STAND_IN ?= stand_in/odinw13
+benchmark-stand-in: $(VENV)/.installed
+	$(PY) -m sam3_lora.benchmark stand_in name=odinw13 root=$(STAND_IN)/release
+	$(PY) -m sam3_lora.benchmark prepare name=odinw13 root=$(STAND_IN)/release out=$(STAND_IN)/prepared seeds=[3,30]
+	$(PY) -m sam3_lora.train -m experiment=odinw13_10shot debug=benchmark_stand_in benchmark.prepared=$(STAND_IN)/prepared \
+	  benchmark.dataset=Aquarium,pistols seed=3,30 hydra.sweep.dir=$(STAND_IN)/multirun
 
 # Outside CI (about 10 minutes on 2 CPU cores): pretrain the toy base again with the shipped recipe and
 # compare it with the shipped weights (sam3_lora/pipeline/assets/).

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List
 
 from sam3_lora.data.config import SPLIT_NAMES
+from sam3_lora.benchmarks.run import readiness
 from sam3_lora.pipeline.readiness import Check, base_weights, training_data
 from sam3_lora.pipeline.settings import ConfigError, check_settings, compose
 
@@ -124,6 +125,8 @@ def _run_checks(overrides: List[str]) -> List[Check]:
     except ConfigError as e:
         return [("settings", False, str(e))]
     checks = [("settings", True, "every group's values valid"), base_weights(settings.config.model)]
+    if settings.benchmark is not None:
+        checks.append(readiness(settings.benchmark))
     return checks + _data(settings.dataset) + _resume(settings.trainer)
 
 

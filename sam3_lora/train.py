@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sam3_lora.benchmarks.run import readiness
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import seed_everything
 from sam3_lora.core.errors import exit_on_user_error
@@ -58,7 +59,12 @@ def run(cfg: DictConfig, run_dir: Path, run_name: str = "", sweep_group: Optiona
     the data, scores, logs and writes, the others train their shard. ``run_name``: the overrides
     that name a sweep point (empty for a single run)."""
     settings = check_settings(cfg)  # every setting, all problems at once, nothing built
-    require_ready(cfg.model, settings.dataset)  # base weights and training data are there
+    if settings.benchmark is not None and sweep_group is not None:
+        what, ready, detail = readiness(settings.benchmark)
+        if not ready:  # one dataset of a benchmark multirun: the others run, the table lists this one
+            log.error("%s: not run (the multirun goes on; its table lists the dataset): %s", what, detail)
+            return {"results": {}, "best_val": None}
+    require_ready(cfg.model, settings.dataset, settings.benchmark)  # base weights and training data are there
     check_output(run_dir, "hydra.run.dir", folder=True)  # and the run directory can take its files
     info = distributed.init_distributed()
     if not info.is_main:  # rank 0 speaks for the run
@@ -103,10 +109,10 @@ def train(
     fit = trainer.fit()
     if not info.is_main:
         return {"results": {}, "best_val": fit["best"]}
-    best = ckpt.restore_best(model, run_dir)  # the best validation's weights, and its threshold
-    scores = score_tuned(scored, model, device, trainer.autocast(), (best or {}).get(THRESHOLD_KEY))
+    scored_model = scored_checkpoint(s.final_eval.checkpoint, model, run_dir)  # its weights, its validation
+    scores = score_tuned(scored, model, device, trainer.autocast(), (scored_model or {}).get(THRESHOLD_KEY))
     curve = scale_curve(s, model, target, retention, device, loader_settings)
-    facts = dict(world_size=info.world_size, overrides=run_name, seed=s.seed, adapter_scales=curve)
+    facts = dict(world_size=info.world_size, device=device.type, overrides=run_name, seed=s.seed, adapter_scales=curve)
     facts["trunk_cache"] = trunk_cache.stats() if trunk_cache is not None else None
     facts["preserve"] = s.preserve.record() if s.preserve is not None else None
     results = run_results(s.tuning, scores, fit, target, count_trainable(model), **facts)
@@ -139,6 +145,12 @@ def prepare_data(s: RunSettings, run_dir: Path, info: DistInfo) -> Tuple[Prepare
     if s.retention is not None and info.is_main:
         retention = prepare_dataset(s.retention, run_dir / "data" / "retention", splits=("valid", "test"))
     return target, retention
+
+
+def scored_checkpoint(which: str, model, run_dir: Path) -> Optional[dict]:
+    """Load the weights ``final_eval.checkpoint`` scores (``best``: the best validation's; ``last``:
+    the final step's) into ``model``; return the validation they were chosen by (its SA-Co threshold)."""
+    return ckpt.restore_best(model, run_dir) if which == "best" else ckpt.restore_last(model, run_dir)
 
 
 def scale_curve(s: RunSettings, model, target, retention, device, loader_settings) -> Optional[List[dict]]:

@@ -45,10 +45,11 @@ def _compose(overrides):
 def test_groups_have_the_expected_options():
     assert GROUPS["model"] == ["sam3", "sam3_medium", "sam3_tiny", "sam3_tiny_toy"]
     assert GROUPS["lora"] == ["balanced", "full", "heads", "minimal", "none"]
-    assert GROUPS["optimizer"] == ["adamw", "sgd"]
-    assert GROUPS["scheduler"] == ["constant", "step", "warmup_cosine"]
+    assert GROUPS["optimizer"] == ["adamw", "meta_transfer", "sgd"]
+    assert GROUPS["scheduler"] == ["constant", "inverse_sqrt", "step", "warmup_cosine"]
     assert GROUPS["logger"] == ["all", "none", "tensorboard", "wandb"]
-    assert GROUPS["preserve"] == ["distill", "none", "toy_anchors", "toy_target_anchors"]
+    assert GROUPS["preserve"] == ["coco_anchors", "distill", "none", "toy_anchors", "toy_target_anchors"]
+    assert GROUPS["retention"] == ["coco", "coco_val2017", "none", "toy_base"]
 
 
 @pytest.mark.parametrize("lora", GROUPS["lora"])
@@ -78,16 +79,24 @@ def test_every_option_of_an_instantiated_group_names_its_target(group):
 
 @pytest.mark.parametrize("preserve", [p for p in GROUPS["preserve"] if p != "none"])
 def test_every_preserve_option_instantiates_typed_settings(preserve):
-    given = ["preserve.images=/data/anchors", "preserve.vocabulary=[dog, car]"] if preserve == "distill" else []
+    given = {
+        "distill": ["preserve.images=/data/anchors", "preserve.vocabulary=[dog, car]"],
+        "coco_anchors": ["retention=coco_val2017", "retention.root=/data/coco"],  # its images are the retention's
+    }.get(preserve, [])
     built = instantiate(_compose([f"preserve={preserve}", *given]).preserve)
     assert isinstance(built, DistillConfig) and isinstance(built, KeepingMethod)
     assert built.weight > 0 and built.vocabulary
     assert (built.generate is not None) == (preserve == "toy_anchors")
 
 
+# dataset=benchmark reads a prepared benchmark's folders through the run's benchmark section
+BENCHMARK_RUN = "benchmark={name:odinw13,prepared:/data,dataset:x,shots:null,train_split:train}"
+
+
 @pytest.mark.parametrize("dataset", GROUPS["dataset"])
 def test_every_dataset_instantiates_typed_settings(dataset):
-    cfg = _compose([f"dataset={dataset}", "dataset.root=/data/x"])
+    where = [BENCHMARK_RUN] if dataset == "benchmark" else ["dataset.root=/data/x"]
+    cfg = _compose([f"dataset={dataset}", *where])
     built = instantiate(cfg.dataset)
     assert isinstance(built, DatasetConfig) and isinstance(built.train, Split)
     assert built.train.ann_file == "/data/x/train/_annotations.coco.json"
@@ -131,7 +140,8 @@ def test_every_logger_builds(logger, tmp_path):
 def test_data_trainer_launcher_options_compose(dataset, trainer, launcher):
     from sam3_lora.training.config import TrainerConfig
 
-    cfg = _compose([f"dataset={dataset}", f"trainer={trainer}", f"launcher={launcher}"])
+    where = [BENCHMARK_RUN] if dataset == "benchmark" else []
+    cfg = _compose([f"dataset={dataset}", f"trainer={trainer}", f"launcher={launcher}", *where])
     assert cfg.dataset.train.ann_file.endswith("train/_annotations.coco.json")
     assert isinstance(instantiate(cfg.trainer), TrainerConfig)
 

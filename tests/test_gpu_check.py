@@ -23,7 +23,7 @@ def test_the_dry_run_gives_every_section_a_number(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]
-    assert list(sections) == ["cuda tests", "benchmark", "quick start"]
+    assert list(sections) == ["cuda tests", "benchmark", "quick start", "benchmark run"]
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in sections.values())
     tests = sections["cuda tests"]
     assert tests["tests"] >= 20 and tests["failures"] == tests["errors"] == 0  # collected; they skip on a CPU
@@ -36,6 +36,10 @@ def test_the_dry_run_gives_every_section_a_number(tmp_path):
         assert figures[key] > 0, key
     assert 0.5 < figures["text_cache_ratio"] < 2
     assert sections["quick start"]["figures"]["segm/AP"] >= 0 and sections["quick start"]["step_time_s"] > 0
+    run = sections["benchmark run"]
+    assert run["figures"]["step_s"] > 0 and run["figures"]["eval_s_per_image"] > 0
+    assert set(run["projected_gpu_hours"]) == {"odinw13_10shot", "odinw13_full", "rf100vl_10shot", "rf100vl_full"}
+    assert "assumed" in run["projection_assumes"]
     assert report["dry_run"] and all(t["met"] is None for t in report["targets"])  # GPU targets not judged here
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| GPU target | measured | met |" in md and "not judged (dry run)" in md and "torch " in md

@@ -21,7 +21,7 @@ def _imported_modules(path: Path):
 
 
 def test_every_top_level_module_is_a_command():
-    assert COMMANDS == ["check", "describe", "evaluate", "export", "predict", "report", "tradeoff", "train"]
+    assert COMMANDS == ["benchmark", "check", "describe", "evaluate", "export", "predict", "report", "tradeoff", "train"]
     for name in COMMANDS:
         assert '__name__ == "__main__"' in (PACKAGE / f"{name}.py").read_text(), f"sam3_lora/{name}.py is no command"
 

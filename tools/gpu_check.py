@@ -11,7 +11,11 @@ the budget, is reported as such):
 2. ``benchmark``: ``tools/bench.py --model sam3 --suite levers``: full fine-tuning against LoRA
    balanced at batch 4 with each lever added in turn, batch 1 with ViT activation checkpointing,
    merged and unmerged inference at batch 1, the text cache and the cached trunk interleaved;
-3. ``quick start``: ``python -m sam3_lora.train experiment=quickstart``, its wall time and figures.
+3. ``quick start``: ``python -m sam3_lora.train experiment=quickstart``, its wall time and figures;
+4. ``benchmark run``: 50 steps of Meta's recipe (``experiment=odinw13_10shot recipe=meta_full_ft``) on
+   a 10-shot stand-in dataset at full size (random weights) and its evaluations: seconds per step and
+   per evaluated image, and each benchmark table's GPU-hours projected from them (``TABLES``' sizes
+   are assumptions, said as such).
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``: the device, the versions, each section's
 numbers and each GPU target marked met or missed. ``--dry-run`` runs every section small on the
@@ -162,7 +166,66 @@ def quick_start(out: Path, work: Path, budget: Budget, dry_run: bool) -> Dict:
     return result
 
 
-SECTIONS: Dict[str, Callable] = {"cuda tests": cuda_tests, "benchmark": benchmark, "quick start": quick_start}
+# The benchmark tables' runs (datasets x seeds x setups) and an assumed size per run, to project GPU-hours
+# from one measured 10-shot run: steps = max_epochs x images / effective batch 2. The sizes are
+# assumptions, said as such in the report, until a prepared manifest gives the real ones.
+TABLES = {
+    "odinw13_10shot": {"runs": 13 * 3 * 3, "max_epochs": 40, "train_images": 50, "test_images": 500},
+    "odinw13_full": {"runs": 13 * 1 * 3, "max_epochs": 40, "train_images": 1000, "test_images": 500},
+    "rf100vl_10shot": {"runs": 100 * 1 * 3, "max_epochs": 20, "train_images": 50, "test_images": 200},
+    "rf100vl_full": {"runs": 100 * 1 * 3, "max_epochs": 20, "train_images": 1000, "test_images": 200},
+}
+BENCH_STEPS = 50
+
+
+def benchmark_run(out: Path, work: Path, budget: Budget, dry_run: bool) -> Dict:
+    """50 training steps of Meta's recipe and its evaluations on a 10-shot dataset (the ODinW stand-in
+    at full size, random weights): seconds per step and per evaluated image, projected per table."""
+    release, prepared, run_dir = work / "odinw_release", work / "odinw_prepared", work / "benchmark_run"
+    setup = [
+        [sys.executable, "-m", "sam3_lora.benchmark", "stand_in", "name=odinw13", f"root={release}"],
+        [sys.executable, "-m", "sam3_lora.benchmark", "prepare", "name=odinw13", f"root={release}", f"out={prepared}", "seeds=[3]"],
+    ]
+    for cmd in setup:
+        result = _run(cmd, budget, out / "benchmark_run.log")
+        if result["status"] != "ok":
+            return result
+    steps = 2 if dry_run else BENCH_STEPS
+    cmd = [sys.executable, "-m", "sam3_lora.train", "experiment=odinw13_10shot", "recipe=meta_full_ft"]
+    cmd += [f"benchmark.prepared={prepared}", "benchmark.dataset=Aquarium", "seed=3", f"hydra.run.dir={run_dir}"]
+    cmd += [f"trainer.max_steps={steps}", "trainer.max_epochs=10000", "trainer.eval_every=10000", "trainer.num_workers=0"]
+    cmd += ["final_eval.compare_base=false", "logger=none"]
+    cmd += ["model=sam3_tiny"] if dry_run else ["model.random_init=true"]
+    started = time.time()
+    result = _run(cmd, budget, out / "benchmark_run.log")
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return result
+    r = json.loads(results.read_text())
+    evaluated = sum(r["dataset"]["splits"][s]["images"] for s in ("valid", "test"))  # one validation, one scoring
+    # everything but the steps (start-up, model, data, validation, scoring) charged to the evaluated
+    # images: an upper bound on evaluation's cost per image
+    beyond_steps_s = time.time() - started - steps * r["step_time_s"]
+    figures = {"steps": steps, "step_s": r["step_time_s"], "eval_s_per_image": beyond_steps_s / evaluated}
+    result["figures"] = figures
+    result["projected_gpu_hours"] = {
+        name: round(t["runs"] * (t["max_epochs"] * t["train_images"] / 2 * figures["step_s"]
+                                 + 5 * t["test_images"] * figures["eval_s_per_image"]) / 3600, 1)
+        for name, t in TABLES.items()
+    }
+    result["projection_assumes"] = (
+        "runs and max_epochs as the experiments; train and test images per dataset as TABLES (assumed, not "
+        "measured); 5 evaluations per run; evaluation at its upper bound per image"
+    )
+    return result
+
+
+SECTIONS: Dict[str, Callable] = {
+    "cuda tests": cuda_tests,
+    "benchmark": benchmark,
+    "quick start": quick_start,
+    "benchmark run": benchmark_run,
+}
 
 
 def device_facts() -> Dict:

@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from sam3_lora.benchmarks.run import BenchmarkRun, readiness
 from sam3_lora.core.errors import UserError
 from sam3_lora.data.config import DatasetConfig
 from sam3_lora.models.base_checkpoint import BaseCheckpointError
@@ -48,9 +49,10 @@ def training_data(dataset: DatasetConfig) -> Check:
     return "data: train", True, dataset.train.ann_file
 
 
-def require_ready(model: DictConfig, dataset: DatasetConfig) -> None:
+def require_ready(model: DictConfig, dataset: DatasetConfig, benchmark: Optional[BenchmarkRun] = None) -> None:
     """Raise a :class:`PreflightError` listing what is missing."""
-    failed = [detail for _, ok, detail in (base_weights(model), training_data(dataset)) if not ok]
+    checks = [base_weights(model)] + ([readiness(benchmark)] if benchmark is not None else []) + [training_data(dataset)]
+    failed = [detail for _, ok, detail in checks if not ok]
     if failed:
         raise PreflightError("cannot start:\n- " + "\n- ".join(failed))
 

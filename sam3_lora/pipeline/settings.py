@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sam3_lora.benchmarks.run import BenchmarkRun
 from sam3_lora.core.conf import CONF_DIR
 from sam3_lora.core.device import resolve_amp, resolve_device
 from sam3_lora.core.errors import UserError
@@ -35,7 +36,14 @@ from sam3_lora.training.config import TrainerConfig
 from sam3_lora.training.distill import DistillConfig
 from sam3_lora.training.keeping import KeepingMethod
 from sam3_lora.training.loggers import LoggerSettings
-from sam3_lora.training.optim import AdamWSettings, ConstantSettings, SGDSettings, StepSettings, WarmupCosineSettings
+from sam3_lora.training.optim import (
+    AdamWSettings,
+    ConstantSettings,
+    InverseSqrtSettings,
+    SGDSettings,
+    StepSettings,
+    WarmupCosineSettings,
+)
 from sam3_lora.tuning import LoraTuning, TuningMethod
 
 
@@ -51,6 +59,12 @@ class FinalEval:
         one_of("train", "valid", "test"),
     )
     compare_base: bool = setting(True, "score the frozen base on it too, before training")
+    checkpoint: str = setting(
+        "best",
+        "the model scored: best (the best validation's, by trainer.best_metric) or last (the final step's, as "
+        "Meta's benchmark configs score)",
+        one_of("best", "last"),
+    )
     adapter_scales: List[float] = setting(
         doc="LoRA with a retention dataset: also score the best model with its adapter scaled to each of these "
         "(and 0, the base; 1, as trained) on both held-out splits: the trade-off curve of sam3_lora.tradeoff, "
@@ -86,6 +100,11 @@ class TrainSchema:
     scheduler: Any = setting(None, "the scheduler group")
     trainer: Any = setting(None, "the trainer group")
     logger: Any = setting(None, "the logger group")
+    benchmark: Any = setting(
+        None,
+        "a benchmark run: the prepared dataset it trains on (sam3_lora/benchmarks/run.py; the benchmark experiments "
+        "set it, e.g. experiment=odinw13_10shot)",
+    )
 
 
 # The config store's nodes, by the names the YAML defaults lists use.
@@ -102,6 +121,7 @@ SCHEMAS = {
     "warmup_cosine_schema": WarmupCosineSettings,
     "constant_schema": ConstantSettings,
     "step_schema": StepSettings,
+    "inverse_sqrt_schema": InverseSqrtSettings,
     "logger_schema": LoggerSettings,
     **USE_SCHEMAS,
 }
@@ -150,6 +170,7 @@ def keys_not_in_run_names() -> List[str]:
         ("retention", (DatasetConfig,)),
         ("preserve", (DistillConfig,)),
         ("model", MODEL_SCHEMAS),
+        ("benchmark", (BenchmarkRun,)),
     ):
         for schema in schemas:
             keys += run_name_exclusions(schema, group)
@@ -235,6 +256,7 @@ class RunSettings:
     preserve: Optional[KeepingMethod]
     tuning: TuningMethod
     final_eval: FinalEval
+    benchmark: Optional[BenchmarkRun] = None
 
     @property
     def model_name(self) -> str:
@@ -247,6 +269,8 @@ def check_settings(cfg: DictConfig) -> RunSettings:
     values = _resolved(cfg)
     found = problems(TrainSchema, values, "")  # seed, final_eval, and keys no group declares
     found += [line for key in CHECKED for line in _section_problems(cfg, values, key)]
+    if values.get("benchmark") is not None:
+        found += problems(BenchmarkRun, values["benchmark"], "benchmark")
     found += [] if found else _relation_problems(values)
     built = {}
     if not found:
@@ -264,6 +288,7 @@ def check_settings(cfg: DictConfig) -> RunSettings:
         preserve=built["preserve"],
         tuning=built["lora"],
         final_eval=FinalEval(**values["final_eval"]),
+        benchmark=BenchmarkRun(**values["benchmark"]) if values.get("benchmark") is not None else None,
     )
 
 

@@ -6,6 +6,8 @@ report as they did. Plain strings: reading an old record imports nothing it name
   ``_target_: sam3_lora.lora.config.LoraConfig`` for LoRA and an empty section for full fine-tuning.
 * The ``optimizer`` group builds over named parameters (``sam3_lora/training/optim.py``): it
   recorded ``torch.optim.AdamW`` / ``torch.optim.SGD``, and no ``lr_scales`` (one learning rate).
+* Settings added since a record was written (``ADDED_SETTINGS``, ``ADDED_KEYS``) read as the value
+  that behaves as that record's run did (masks trained, the best validation scored, no benchmark).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ RENAMED_TARGETS: Dict[str, Dict[str, str]] = {
     "optimizer": {"torch.optim.AdamW": "sam3_lora.training.optim.adamw", "torch.optim.SGD": "sam3_lora.training.optim.sgd"},
 }
 # section -> settings added since, with the value that behaves as the records before them did
-ADDED_SETTINGS: Dict[str, Dict[str, Any]] = {"optimizer": {"lr_scales": []}}
+ADDED_SETTINGS: Dict[str, Dict[str, Any]] = {
+    "optimizer": {"lr_scales": []},
+    "trainer": {"mask_loss": True},
+    "final_eval": {"checkpoint": "best"},
+}
+# top-level keys added since, with the value the records before them meant
+ADDED_KEYS: Dict[str, Any] = {"benchmark": None}
 # section -> what an empty recorded section meant
 EMPTY_SECTIONS = {"lora": {"_target_": FULL_FINE_TUNING}}
 
@@ -38,19 +46,19 @@ def current_section(key: str, section: Any) -> Any:
     """A recorded config section under today's names."""
     if not section and key in EMPTY_SECTIONS:
         return dict(EMPTY_SECTIONS[key])
-    if not isinstance(section, Mapping) or key not in RENAMED_TARGETS:
+    if not isinstance(section, Mapping):
         return section
     section = {**ADDED_SETTINGS.get(key, {}), **section}
     target = section.get("_target_")
-    if isinstance(target, str) and target in RENAMED_TARGETS[key]:
+    if isinstance(target, str) and target in RENAMED_TARGETS.get(key, {}):
         section["_target_"] = RENAMED_TARGETS[key][target]
     return section
 
 
 def current_record(config: Mapping[str, Any]) -> Dict[str, Any]:
     """A recorded resolved config (a checkpoint's, ``.hydra/config.yaml``'s) under today's names."""
-    out = dict(config)
-    for key in {*RENAMED_TARGETS, *EMPTY_SECTIONS}:
+    out = {**ADDED_KEYS, **config}
+    for key in {*RENAMED_TARGETS, *EMPTY_SECTIONS, *ADDED_SETTINGS}:
         if key in out or key in EMPTY_SECTIONS:
             out[key] = current_section(key, out.get(key))
     return out

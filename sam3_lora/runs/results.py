@@ -8,6 +8,7 @@ the run had a retention dataset, its scores before and after and their change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,9 @@ _DATASET = Fields(
     {
         "name": Kind(str),
         "root": Kind(str),
-        "splits": MapOf(Fields({"images": Kind(int), "annotations": Kind(int)}, required=("images", "annotations"))),
+        "splits": MapOf(
+            Fields({"images": Kind(int), "annotations": Kind(int), "sha256": Kind(str)}, required=("images", "annotations"))
+        ),
         "categories": ListOf(Kind(str)),
     },
     required=("name", "root"),
@@ -81,6 +84,7 @@ RESULTS_SHAPE = Fields(
         "images_per_s": _NUMBER,
         "peak_memory_gb": _NUMBER,
         "world_size": Nullable(Kind(int)),
+        "device": _TEXT,
         "overrides": _TEXT,
         "seed": _COUNT,
         "step_time_s": _NUMBER,
@@ -128,10 +132,12 @@ class DatasetFacts:
     def from_annotations(cls, name: str, root: str, ann_files: Mapping[str, str]) -> "DatasetFacts":
         facts = cls(name=str(name), root=str(root))
         for split, ann_file in ann_files.items():
-            coco = json.loads(Path(ann_file).read_text())
+            content = Path(ann_file).read_bytes()
+            coco = json.loads(content)
             facts.splits[split] = {
                 "images": len(coco.get("images", [])),
                 "annotations": len(coco.get("annotations", [])),
+                "sha256": hashlib.sha256(content).hexdigest(),  # which file, exactly (a few-shot draw, say)
             }
             for category in coco.get("categories", []):
                 if category.get("name") not in facts.categories:
@@ -161,6 +167,7 @@ class RunResults:
     images_per_s: Optional[float] = None
     peak_memory_gb: Optional[float] = None
     world_size: int = 1
+    device: Optional[str] = None  # the torch device type it trained on (cuda, cpu)
     overrides: str = ""
     seed: Optional[int] = None
     step_time_s: Optional[float] = None

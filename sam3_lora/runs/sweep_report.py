@@ -87,7 +87,7 @@ class Run:
     curve: Dict[float, Dict[str, float]] = field(default_factory=dict)
 
 
-def _override_parts(overrides: str) -> List[str]:
+def override_parts(overrides: str) -> List[str]:
     """``a=1,b=[x,y],seed=0`` -> ``["a=1", "b=[x,y]", "seed=0"]`` (commas inside values kept), each
     under its group's current name (old sweep directories join today's setups)."""
     return [current_override(part) for part in re.split(r",(?=[\w.+~/]+=)", overrides or "") if part]
@@ -96,7 +96,7 @@ def _override_parts(overrides: str) -> List[str]:
 def _setup_name(overrides: str, shared: Sequence[str] = ()) -> str:
     """A run's setup: its overrides without ``seed`` (the seeds of a setup are averaged) and without
     those every run of the sweep shares (``shared``)."""
-    kept = [p for p in _override_parts(overrides) if not p.startswith("seed=") and p not in shared]
+    kept = [p for p in override_parts(overrides) if not p.startswith("seed=") and p not in shared]
     return ",".join(kept) or "(defaults)"
 
 
@@ -181,7 +181,7 @@ def collect(sweep_dir: Path, left_out: Optional[List[str]] = None) -> List[Run]:
     if not runs:
         found = f"; unreadable: {' | '.join(unreadable)}" if unreadable else ""
         raise SweepReportError(f"no finished run ({layout.RESULTS}) under {sweep_dir}{found}")
-    parts = [set(_override_parts(r.setup)) for r in runs]
+    parts = [set(override_parts(r.setup)) for r in runs]
     shared = set.intersection(*parts) if len(runs) > 1 else set()
     for run in runs:
         run.setup = _setup_name(run.setup, sorted(shared))

@@ -132,7 +132,16 @@ def load_trainable_state(model: torch.nn.Module, state: Dict[str, torch.Tensor],
 def restore_best(model: torch.nn.Module, run_dir: Path) -> Optional[Dict[str, Any]]:
     """Load ``best.pt``'s trainable weights into ``model``; return the validation that made them the
     best (``best.pt`` is written right after it: its history's last entry), or None without one."""
-    path = Path(run_dir) / CHECKPOINT_DIR / BEST
+    return _restore(model, Path(run_dir) / CHECKPOINT_DIR / BEST)
+
+
+def restore_last(model: torch.nn.Module, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """Load ``last.pt``'s trainable weights (the final step's) into ``model``; return its last
+    validation (the final epoch always validates), or None without one."""
+    return _restore(model, Path(run_dir) / CHECKPOINT_DIR / LAST)
+
+
+def _restore(model: torch.nn.Module, path: Path) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None
     state = load(path)

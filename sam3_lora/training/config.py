@@ -31,6 +31,11 @@ class TrainerConfig:
         "max gradient norm, as upstream; null to disable",
         positive("a positive max gradient norm (upstream: 0.1) or null to disable", optional=True),
     )
+    mask_loss: bool = setting(
+        True,
+        "train the masks too (focal 200 + dice 10 where the data has masks); false: boxes and classes only, as "
+        "Meta's RF100-VL and ODinW recipes (their loss has no mask term)",
+    )
     amp: str = setting("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off", one_of(*AMP_CHOICES))
     activation_checkpointing: bool = setting(False, "recompute ViT blocks in backward (less memory, ~30% more time)")
     text_cache: bool = setting(

@@ -43,7 +43,9 @@ def build_trainer(
     ``make_scheduler``: the scheduler group's, with the optimizer and the step count; ``save_weights``:
     ``(model, "best" | "last")``, the tuning method's shippable weights (None: nothing shipped);
     ``keeping``: the keeping method's term (``preserve=``), added to every micro-batch's loss."""
-    loss_fn = build_sam3_loss(model.transformer.decoder.num_queries, normalization="global" if info.enabled else "local")
+    loss_fn = build_sam3_loss(
+        model.transformer.decoder.num_queries, with_masks=settings.mask_loss, normalization="global" if info.enabled else "local"
+    )
     return Trainer(
         model=model,
         loss_fn=loss_fn,
