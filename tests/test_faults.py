@@ -342,7 +342,7 @@ def test_retention_none_switches_it_off_and_null_is_a_clean_error(tmp_path):
     assert check_settings(compose_train(["retention=toy_base", "retention=none"])).retention is None
     assert check_settings(compose_train(["retention=toy_base", "~retention"])).retention is None
     with pytest.raises(
-        ConfigError, match=r"retention=null: .*\(coco, none, toy_base\).*retention=none \(or ~retention\)"
+        ConfigError, match=r"retention=null: .*\(coco, coco_val2017, none, toy_base\).*retention=none \(or ~retention\)"
     ):
         compose_train(["retention=null"])
     res = subprocess.run(

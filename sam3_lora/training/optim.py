@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from sam3_lora.core.schema import Valid, at_least, is_number, number_in, positive, problems, setting
+from sam3_lora.sam3_compat.module_paths import TRUNK
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,14 @@ NamedParameters = Iterable[Tuple[str, nn.Parameter]]
 # The weights and biases of SAM3's nn.LayerNorms, by name: norm, norm1..3, *_norm (catext_norm,
 # encode_norm, ...), ln_pre, ln_1, ln_2, ln_final. Its GroupNorms (segmentation_head.pixel_decoder.norms.K)
 # do not match, as Meta's recipe decays them (it names the LayerNorm class only). Checked against the
-# module types of the tiny and the full-size model (tests/test_optim_recipe.py).
+# tiny model's module types (tests/test_optim_recipe.py); the full-size model has the same names.
 NORM_PARAMETERS = r"(?:^|\.)(?:\w*norm\d*|ln_\w+)\.(?:weight|bias)$"
 # What a ViT trunk holds below its first block (BEiT's layer ids, which Meta's layer decay uses).
 EMBEDDINGS = ("ln_pre", "pos_embed", "cls_token", "patch_embed")
 BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
 
 
-def _depth(rest: str, num_blocks: int) -> int:
+def _layer(rest: str, num_blocks: int) -> int:
     """A trunk parameter's layer (its name after the prefix): 0 for the embeddings, k + 1 for block k,
     num_blocks + 1 for the rest; relative-position tables count as the top too, as in BEiT."""
     top = num_blocks + 1
@@ -155,7 +156,9 @@ def _depth(rest: str, num_blocks: int) -> int:
     return int(block.group(1)) + 1 if block else top
 
 
-def layer_decay_factors(names: Sequence[str], value: float, prefix: str, overrides=(), num_blocks=None) -> Dict[str, float]:
+def layer_decay_factors(
+    names: Sequence[str], value: float, prefix: str, overrides=(), num_blocks: Optional[int] = None
+) -> Dict[str, float]:
     """Each name's learning-rate factor: ``value ** (num_blocks + 1 - layer)`` under ``prefix``
     (1 for its top, ``value`` for its last block, down to ``value ** (num_blocks + 1)`` for the patch
     embedding); the first ``overrides`` pattern (fnmatch over the full name) a name under ``prefix``
@@ -179,7 +182,8 @@ def layer_decay_factors(names: Sequence[str], value: float, prefix: str, overrid
             factors[name] = 1.0
             continue
         override = next((float(f) for pattern, f in overrides if fnmatch.fnmatchcase(name, pattern)), None)
-        factors[name] = override if override is not None else value ** (num_blocks + 1 - _depth(under[name], num_blocks))
+        layer = _layer(under[name], num_blocks)
+        factors[name] = override if override is not None else value ** (num_blocks + 1 - layer)
     return factors
 
 
@@ -200,29 +204,30 @@ def parameter_groups(
     named = list(named)
     patterns = [(re.compile(p), p, factor) for p, factor in lr_scales or ()]
     factors = {p: factor for _, p, factor in patterns}
-    depth_factor: Dict[str, float] = {}
+    layer_factors: Dict[str, float] = {}
     if layer_decay is not None:
         decay = _checked(LayerDecaySettings, layer_decay, "optimizer.layer_decay")
-        depth_factor = layer_decay_factors([n for n, _ in named], **decay)
+        layer_factors = layer_decay_factors([n for n, _ in named], **decay)
     exempt = _exemption(no_weight_decay)
     plain = (None, 1.0, True)
     groups: Dict[tuple, List[nn.Parameter]] = {plain: []}
     for name, param in named:
         pattern = next((p for rx, p, _ in patterns if rx.search(name)), None)
-        groups.setdefault((pattern, depth_factor.get(name, 1.0), not exempt(name)), []).append(param)
+        groups.setdefault((pattern, layer_factors.get(name, 1.0), not exempt(name)), []).append(param)
     out = [{"params": groups.pop(plain)}] if groups[plain] else []
-    for (pattern, depth, decays), params in groups.items():
-        group = {"params": params, "lr": lr * factors.get(pattern, 1.0) * depth, "group": _label(pattern, depth, decays)}
+    for (pattern, layer_factor, decays), params in groups.items():
+        group_lr = lr * factors.get(pattern, 1.0) * layer_factor
+        group = {"params": params, "lr": group_lr, "group": _label(pattern, layer_factor, decays)}
         if not decays:
             group["weight_decay"] = 0.0
         out.append(group)
     return out
 
 
-def _label(pattern: Optional[str], depth: float, decays: bool) -> str:
+def _label(pattern: Optional[str], layer_factor: float, decays: bool) -> str:
     """A group's name in the optimizer's state: what put its parameters there."""
     parts = [pattern] if pattern is not None else []
-    parts += [f"layer_decay x{depth:.6g}"] if depth != 1.0 else []
+    parts += [f"layer_decay x{layer_factor:.6g}"] if layer_factor != 1.0 else []
     parts += [] if decays else ["no weight decay"]
     return ", ".join(parts)
 
@@ -329,7 +334,7 @@ class LayerDecaySettings:
         number_in(0, 1, "a factor in (0, 1], e.g. 0.9 (1: no decay)", low_open=True),
     )
     prefix: str = setting(
-        "backbone.vision_backbone.trunk",
+        TRUNK,
         "the trunk, as a parameter-name prefix: its blocks are <prefix>.blocks.<k>.*; parameters outside it keep "
         "their lr",
         Valid(lambda v: isinstance(v, str) and v.strip(". ") == v, "a parameter-name prefix without a trailing dot"),
@@ -360,8 +365,9 @@ class NoWeightDecaySettings:
     )
     norms: bool = setting(
         True,
-        "also the normalization layers' weights, known by SAM3's LayerNorm names (norm, norm1, *_norm, ln_pre, ln_1, "
-        "ln_final: NORM_PARAMETERS in sam3_lora/training/optim.py; GroupNorms keep their decay, as in Meta's)",
+        "also the normalization layers' weights and biases, by SAM3's LayerNorm names (norm, norm1, *_norm, "
+        "ln_pre, ln_1, ln_final: NORM_PARAMETERS in sam3_lora/training/optim.py; GroupNorms keep their decay, as in "
+        "Meta's)",
     )
 
 
@@ -486,4 +492,6 @@ class InverseSqrtSettings:
         20, "optimizer steps after warmup at which the lr is 1/sqrt(2) of the peak", positive("a positive step count")
     )
     warmup_steps: int = setting(20, "optimizer steps of linear warmup from 0 (0: none)", at_least(0))
-    cooldown_steps: int = setting(20, "the last optimizer steps, over which the lr falls linearly to 0 (0: none)", at_least(0))
+    cooldown_steps: int = setting(
+        20, "the last optimizer steps, over which the lr falls linearly to 0 (0: none)", at_least(0)
+    )
