@@ -47,7 +47,7 @@ COLOURS = {
 TEXTURES = {"base": ("solid", "stripes", "dots"), "target": ("checks", "stripes")}
 ANNOTATIONS = "_annotations.coco.json"
 GENERATOR_VERSION = 5
-MAX_PER_IMAGE = 4
+MAX_PER_IMAGE = 3
 
 
 # ------------------------------------------------------------------------------------ shapes
@@ -155,7 +155,7 @@ def _deal(rng: random.Random, domain: str, images: int, min_per_pair: int) -> Li
     """The (concept, colour) of each instance of each image: a shuffled deck of every pair,
     ``min_per_pair`` times over (more when the images need more instances), dealt 1-4 to an image."""
     pairs = list(itertools.product(DOMAIN_CONCEPTS[domain], COLOURS[domain]))
-    per_image = [rng.randint(2, MAX_PER_IMAGE) for _ in range(images)]
+    per_image = [rng.randint(1, MAX_PER_IMAGE) for _ in range(images)]
     rounds = max(min_per_pair, math.ceil(sum(per_image) / len(pairs)))
     deck = pairs * rounds
     rng.shuffle(deck)
@@ -165,7 +165,7 @@ def _deal(rng: random.Random, domain: str, images: int, min_per_pair: int) -> Li
         if short:
             per_image[rng.choice(short)] += 1
         else:
-            per_image.append(rng.randint(2, MAX_PER_IMAGE))
+            per_image.append(rng.randint(1, MAX_PER_IMAGE))
     while sum(per_image) > len(deck):  # fewer cards than places: take places away, never below one
         i = max(range(len(per_image)), key=lambda k: per_image[k])
         per_image[i] -= 1
@@ -184,7 +184,7 @@ def _image(rng: random.Random, size: int, domain: str, hand: Sequence[Tuple[str,
     for kind, colour in hand:
         reach = max(math.hypot(x, y) for x, y in _outline(kind))  # how far the shape reaches, at unit size
         for _attempt in range(60):
-            r = rng.uniform(0.08, 0.17) * size
+            r = rng.uniform(0.13, 0.21) * size
             margin = reach * r + 1
             cx, cy = rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
             if all(math.hypot(cx - x, cy - y) > reach * r + pr + 2 for x, y, pr in placed):
