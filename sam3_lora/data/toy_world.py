@@ -153,7 +153,7 @@ def _fill(rng: random.Random, size: int, rgb, texture: str) -> Image.Image:
 
 def _deal(rng: random.Random, domain: str, images: int, min_per_pair: int) -> List[List[Tuple[str, str]]]:
     """The (concept, colour) of each instance of each image: a shuffled deck of every pair,
-    ``min_per_pair`` times over (more when the images need more instances), dealt 1-4 to an image."""
+    ``min_per_pair`` times over (more when the images need more instances), dealt 1-3 to an image."""
     pairs = list(itertools.product(DOMAIN_CONCEPTS[domain], COLOURS[domain]))
     per_image = [rng.randint(1, MAX_PER_IMAGE) for _ in range(images)]
     rounds = max(min_per_pair, math.ceil(sum(per_image) / len(pairs)))
