@@ -20,7 +20,6 @@ seed, counts and whether it shares an image with a held-out split (it is refused
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from sam3_lora.benchmarks.catalog import Benchmark, DatasetLayout, SplitFiles
 from sam3_lora.benchmarks.few_shot import DEFINITION, draw_few_shot, images_per_category
 from sam3_lora.core.atomic_files import atomic_write_json
 from sam3_lora.core.errors import UserError
+from sam3_lora.data.anchors import file_digest
 from sam3_lora.data.validate import validate_split
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _write_split(folder: Path, coco: dict, img_folder: Path) -> dict:
         "img_folder": str(link),
         "images": len(coco["images"]),
         "instances": len(coco["annotations"]),
-        "sha256": hashlib.sha256((folder / ANNOTATIONS).read_bytes()).hexdigest(),
+        "sha256": file_digest(folder / ANNOTATIONS),
     }
 
 
@@ -250,10 +250,6 @@ def _on_train_categories(coco: dict, train: dict):
     return {**coco, "categories": train["categories"], "annotations": annotations}, None
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _image_digests(root: Path, layout: DatasetLayout, splits: Sequence[str], cocos: Dict[str, dict]) -> Dict[str, str]:
     """The content digest of every image of ``splits``, naming the split and file it belongs to."""
     digests = {}
@@ -262,7 +258,7 @@ def _image_digests(root: Path, layout: DatasetLayout, splits: Sequence[str], coc
         for im in cocos[split]["images"]:
             path = folder / im["file_name"]
             if path.is_file():
-                digests.setdefault(_digest(path), f"{split}/{im['file_name']}")
+                digests.setdefault(file_digest(path), f"{split}/{im['file_name']}")
     return digests
 
 
@@ -270,7 +266,7 @@ def _shared_images(coco: dict, img_folder: Path, held_out: Dict[str, str]) -> Li
     shared = []
     for im in coco["images"]:
         path = img_folder / im["file_name"]
-        if path.is_file() and (where := held_out.get(_digest(path))):
+        if path.is_file() and (where := held_out.get(file_digest(path))):
             shared.append(f"{im['file_name']} = {where}")
     return shared
 

@@ -113,7 +113,8 @@ def write_anchor_split(records: Sequence[dict], folder: Path, vocabulary: Sequen
     return Split(str(path), str(folder))
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """A file's SHA-256: what says two images are the same image, whatever their names."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -129,11 +130,11 @@ def refuse_scored_overlap(anchors: Split, scored: Dict[str, Split]) -> int:
     for path in files:
         if not path.is_file():
             raise AnchorError(f"{anchors.ann_file}: anchor image {path} does not exist")
-        by_digest.setdefault(_digest(path), path)
+        by_digest.setdefault(file_digest(path), path)
     clashes = []
     for name, split in scored.items():
         for path in _split_files(split):
-            if path.is_file() and (anchor := by_digest.get(_digest(path))) is not None:
+            if path.is_file() and (anchor := by_digest.get(file_digest(path))) is not None:
                 clashes.append(f"{anchor} = {path} ({name})")
     if clashes:
         listed = "; ".join(clashes[:5]) + (f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else "")
